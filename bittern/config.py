@@ -1,0 +1,246 @@
+"""Run configuration: dataclasses loaded from TOML, with dotted command-line overrides.
+
+Every key is checked once, at load: unknown sections or keys and wrongly typed values
+raise BitternError naming the key. Defaults are the built-in job (a tiny 1.58-bit model
+on the Shakespeare corpus, on the CPU if there is no GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bittern.errors import BitternError
+from bittern.models.config import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    source: str = "shakespeare"  # a built-in corpus, prepared on first use and cached
+    path: str = ""  # a folder made by `bittern data prepare` (takes precedence over source)
+    tokenizer: str = "byte"  # for built-in sources: byte | bpe | a local Hugging Face path
+    vocab_size: int = 8192  # for tokenizer = "bpe"
+    val_fraction: float = 0.05
+    cache_dir: str = ""  # default ~/.cache/bittern
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600
+    seed: int = 0
+    batch_size: int = 32  # sequences per optimizer step, all ranks together
+    micro_batch_size: int = 0  # sequences per forward/backward on one rank; 0: all of them
+    seq_len: int = 128
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    eval_every: int = 100
+    eval_batches: int = 16  # 0: the whole validation split
+    compile: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | constant
+    warmup_frac: float = 0.1  # of train.steps, unless warmup_steps is set
+    warmup_steps: int = -1
+    min_lr_ratio: float = 0.1  # final LR as a fraction of the peak
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 200  # steps between checkpoints; the last step is always saved
+    keep_last: int = 3  # 0 keeps them all
+
+
+@dataclass
+class LogConfig:
+    every: int = 10
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _sections() -> dict[str, type]:
+    return typing.get_type_hints(Config)
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(key: str, value: Any, hint) -> Any:
+    """Check `value` against the annotation `hint`, converting int->float where harmless."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        for opt in options:
+            try:
+                return _coerce(key, value, opt)
+            except BitternError:
+                continue
+        raise BitternError(f"config key '{key}' must be {hint}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise BitternError(f"config key '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_coerce(key, v, item) for v in value] if item is not Any else value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is Any or (isinstance(hint, type) and isinstance(value, hint)):
+        if hint is int and isinstance(value, bool):
+            raise BitternError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    raise BitternError(
+        f"config key '{key}' must be of type {getattr(hint, '__name__', hint)}, got {value!r}"
+    )
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
+    sections = _sections()
+    if section not in sections:
+        raise BitternError(f"unknown config section '{section}'{_suggest(section, sections)}")
+    obj = getattr(cfg, section)
+    hints = typing.get_type_hints(type(obj))
+    if key not in hints:
+        raise BitternError(f"unknown config key '{section}.{key}'{_suggest(key, hints)}")
+    setattr(obj, key, _coerce(f"{section}.{key}", value, hints[key]))
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as TOML (numbers, booleans, lists, quoted strings), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """['--train.steps=10', '--model.quant', 'none'] -> [('train.steps', 10), ('model.quant', 'none')]."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise BitternError(
+                f"unexpected argument '{arg}' (overrides look like --section.key=value)"
+            )
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise BitternError(f"override '--{key}' has no value")
+            value, i = args[i + 1], i + 1
+        out.append((key, parse_value(value)))
+        i += 1
+    return out
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> Config:
+    """Build and validate a Config from nested dicts plus (dotted key, value) overrides."""
+    cfg = Config()
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise BitternError(f"config entry '{section}' must be a [section] table")
+        for key, value in values.items():
+            _apply(cfg, section, key, value)
+    for dotted, value in overrides:
+        section, _, key = dotted.partition(".")
+        _apply(cfg, section, key, value)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[tuple[str, Any]] = ()) -> Config:
+    """Read a TOML file (or the built-in defaults when `path` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise BitternError(f"config file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise BitternError(f"malformed config {p}: {e}") from None
+    return config_from_dict(data, overrides)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise BitternError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    t, o, s = cfg.train, cfg.optim, cfg.schedule
+    _check(t.steps > 0, "train.steps must be positive")
+    _check(t.batch_size > 0, "train.batch_size must be positive")
+    _check(t.micro_batch_size >= 0, "train.micro_batch_size must be >= 0")
+    _check(t.seq_len > 1, "train.seq_len must be at least 2")
+    _check(t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
+    _check(t.eval_every >= 0 and t.eval_batches >= 0, "train.eval_every/eval_batches must be >= 0")
+    _check(o.lr > 0, "optim.lr must be positive")
+    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1/beta2 must be in [0, 1)")
+    _check(o.weight_decay >= 0 and o.grad_clip >= 0, "optim.weight_decay/grad_clip must be >= 0")
+    _check(s.name in ("cosine", "constant"), "schedule.name must be cosine or constant")
+    _check(0 <= s.warmup_frac < 1, "schedule.warmup_frac must be in [0, 1)")
+    _check(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio must be in [0, 1]")
+    _check(cfg.checkpoint.every >= 0 and cfg.checkpoint.keep_last >= 0, "checkpoint.* must be >= 0")
+    _check(cfg.log.every > 0, "log.every must be positive")
+    _check(bool(cfg.data.path or cfg.data.source), "set data.path or data.source")
+    _check(0 < cfg.data.val_fraction < 1, "data.val_fraction must be in (0, 1)")
+    m = cfg.model
+    _check(
+        m.quant in ("ternary", "none"), f"model.quant must be 'ternary' or 'none', got {m.quant!r}"
+    )
+    from bittern.models.config import PRESETS
+
+    _check(m.preset in PRESETS, f"model.preset must be one of {sorted(PRESETS)}, got {m.preset!r}")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def to_toml(cfg: Config) -> str:
+    """The config as TOML that load_config reads back to an equal Config (None keys omitted)."""
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)

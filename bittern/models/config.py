@@ -1,0 +1,102 @@
+"""ModelConfig: one dataclass for both architectures, and the size presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from bittern.errors import BitternError
+
+ARCHS = ("llama", "bitnet")
+NORM_PLACEMENTS = ("inside", "sublayer")
+
+# Llama-style shapes; "2b" is the released BitNet b1.58 2B4T shape (gated squared ReLU).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=352, max_seq_len=512),
+    "125m": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_dim=2048),
+    "350m": dict(dim=1024, n_layers=24, n_heads=16, n_kv_heads=16, ffn_dim=2816),
+    "1b": dict(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632),
+    "3b": dict(dim=3200, n_layers=26, n_heads=32, n_kv_heads=32, ffn_dim=8640),
+    "2b": dict(
+        arch="bitnet",
+        dim=2560,
+        n_layers=30,
+        n_heads=20,
+        n_kv_heads=5,
+        ffn_dim=6912,
+        rope_theta=500000.0,
+        max_seq_len=4096,
+    ),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and quantization of a decoder. Unset sizes come from `preset`."""
+
+    preset: str = "tiny"
+    arch: str | None = None  # llama (SwiGLU) | bitnet (gated squared ReLU); preset decides if unset
+    quant: str = "ternary"  # ternary | none (the plain nn.Linear full-precision twin)
+    vocab_size: int = 0  # 0: the tokenizer's
+    vocab_multiple: int = 64  # pad the embedding table to a multiple of this
+    dim: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    ffn_dim: int | None = None
+    max_seq_len: int | None = None
+    rope_theta: float | None = None
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    bias: bool = False
+    norm_placement: str | None = None  # inside (paper) | sublayer (2B model); arch decides if unset
+    weight_granularity: str = "tensor"  # tensor | channel | group
+    group_size: int = 128
+    gamma_multiplier: float = 1.0
+    ste: str = "detach"  # detach | function
+    full_precision: list[str] = field(default_factory=list)  # extra modules kept in full precision
+    init_std: float = 0.02
+
+    def resolved(self, vocab_size: int | None = None) -> ModelConfig:
+        """A copy with preset sizes filled in and every choice made explicit."""
+        if self.preset not in PRESETS:
+            raise BitternError(
+                f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}"
+            )
+        base = dict(arch="llama", max_seq_len=2048, rope_theta=10000.0) | PRESETS[self.preset]
+        filled = {k: v for k, v in base.items() if getattr(self, k) is None}
+        cfg = replace(self, **filled)
+        if vocab_size and not cfg.vocab_size:
+            cfg = replace(cfg, vocab_size=vocab_size)
+        if cfg.norm_placement is None:
+            cfg = replace(cfg, norm_placement="sublayer" if cfg.arch == "bitnet" else "inside")
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise BitternError(f"model.arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.quant not in ("ternary", "none"):
+            raise BitternError(f"model.quant must be 'ternary' or 'none', got {self.quant!r}")
+        if self.norm_placement not in NORM_PLACEMENTS:
+            raise BitternError(f"model.norm_placement must be one of {NORM_PLACEMENTS}")
+        if self.dim % self.n_heads:
+            raise BitternError(
+                f"model.dim {self.dim} is not divisible by model.n_heads {self.n_heads}"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise BitternError("model.n_heads must be a multiple of model.n_kv_heads")
+        if self.vocab_size <= 0:
+            raise BitternError("model.vocab_size is unknown: set it or give a tokenizer")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = max(1, self.vocab_multiple)
+        return -(-self.vocab_size // m) * m
+
+
+def model_config_keys() -> list[str]:
+    return [f.name for f in fields(ModelConfig)]

@@ -1,0 +1,14 @@
+"""Modules: BitLinear, RMSNorm, and convert() to swap nn.Linear for BitLinear."""
+
+from bittern.nn.bitlinear import BitLinear, BitLinearOptions
+from bittern.nn.convert import bitlinear_layers, convert, set_quant_lambda
+from bittern.nn.norm import RMSNorm
+
+__all__ = [
+    "BitLinear",
+    "BitLinearOptions",
+    "RMSNorm",
+    "bitlinear_layers",
+    "convert",
+    "set_quant_lambda",
+]

@@ -1,0 +1,116 @@
+"""BitLinear: a drop-in nn.Linear whose forward runs on ternary weights and int8 activations."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bittern.nn.norm import RMSNorm
+from bittern.quant.core import GRANULARITIES
+from bittern.quant.ste import STE_FORMS, fake_quant_activations, fake_quant_weight
+
+QUANT_MODES = ("ternary", "none")
+
+
+@dataclass(frozen=True)
+class BitLinearOptions:
+    """How a BitLinear quantizes; shared by every layer of a model."""
+
+    quant: str = "ternary"
+    norm: bool = True
+    norm_eps: float = 1e-5
+    granularity: str = "tensor"
+    group_size: int = 128
+    gamma_multiplier: float = 1.0
+    ste: str = "detach"
+
+    def __post_init__(self) -> None:
+        if self.quant not in QUANT_MODES:
+            raise ValueError(f"quant must be one of {QUANT_MODES}, got {self.quant!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}")
+        if self.ste not in STE_FORMS:
+            raise ValueError(f"ste must be one of {STE_FORMS}")
+        if self.gamma_multiplier <= 0:
+            raise ValueError("gamma_multiplier must be positive")
+
+
+class BitLinear(nn.Linear):
+    """y = (x_q @ W_q^T) * gamma / s_x, with RMSNorm before the activation quantizer.
+
+    The latent full-precision weight stays at `.weight` and is what the optimizer updates.
+    `weight_lambda` / `act_lambda` (0..1) blend full precision into quantized for
+    progressive quantization; they are buffers so changing them never recompiles.
+    With quant="none" it is exactly nn.Linear (no norm, no quantization).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        device=None,
+        dtype=None,
+        options: BitLinearOptions | None = None,
+        **option_overrides,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        opts = options or BitLinearOptions()
+        if option_overrides:
+            opts = BitLinearOptions(**{**opts.__dict__, **option_overrides})
+        if opts.granularity == "group" and in_features % opts.group_size:
+            raise ValueError(f"group_size {opts.group_size} must divide in_features {in_features}")
+        self.options = opts
+        quantized = opts.quant == "ternary"
+        self.norm = RMSNorm(in_features, opts.norm_eps) if quantized and opts.norm else None
+        if self.norm is not None and device is not None:
+            self.norm.to(device=device)
+        self.register_buffer("weight_lambda", torch.ones((), device=device), persistent=False)
+        self.register_buffer("act_lambda", torch.ones((), device=device), persistent=False)
+
+    @property
+    def quantized(self) -> bool:
+        return self.options.quant == "ternary"
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The (blended) weight the forward multiplies by, straight-through to `.weight`."""
+        o = self.options
+        return fake_quant_weight(
+            self.weight, self.weight_lambda, o.granularity, o.group_size, o.gamma_multiplier, o.ste
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quantized:
+            return F.linear(x, self.weight, self.bias)
+        if self.norm is not None:
+            x = self.norm(x)
+        xq = fake_quant_activations(x, self.act_lambda, self.options.ste)
+        return F.linear(xq, self.quantized_weight().to(xq.dtype), self.bias)
+
+    def set_lambda(self, weight: float, act: float | None = None) -> None:
+        """Set the progressive-quantization blend (1 = fully quantized)."""
+        for buf, value in (
+            (self.weight_lambda, weight),
+            (self.act_lambda, weight if act is None else act),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"lambda must be in [0, 1], got {value}")
+            buf.fill_(value)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if getattr(self, "norm", None) is not None:
+            nn.init.ones_(self.norm.weight)
+
+    def extra_repr(self) -> str:
+        o = self.options
+        s = super().extra_repr() + f", quant={o.quant}"
+        if self.quantized:
+            s += f", granularity={o.granularity}, norm={o.norm}"
+            if not math.isclose(o.gamma_multiplier, 1.0):
+                s += f", gamma_multiplier={o.gamma_multiplier}"
+        return s
