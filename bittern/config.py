@@ -24,7 +24,7 @@ from bittern.models.config import ModelConfig
 class DataConfig:
     source: str = "shakespeare"  # a built-in corpus, prepared on first use and cached
     path: str = ""  # a folder made by `bittern data prepare` (takes precedence over source)
-    tokenizer: str = "byte"  # for built-in sources: byte | bpe | a local Hugging Face path
+    tokenizer: str = ""  # byte | bpe | a local Hugging Face path; "": byte, or the prepared folder's
     vocab_size: int = 8192  # for tokenizer = "bpe"
     val_fraction: float = 0.05
     cache_dir: str = ""  # default ~/.cache/bittern

@@ -1,0 +1,139 @@
+"""Atomic checkpoints: write to a temporary folder, fsync, rename, then a commit marker.
+
+A checkpoint folder `checkpoints/step_XXXXXXXX/` holds model.safetensors (latent weights),
+train_state.pt (optimizer, step, RNG, ...), config.toml and manifest.json (SHA-256 of every
+file). It counts only once COMMITTED exists; load verifies the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from bittern.errors import BitternError
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "train_state.pt"
+CONFIG_FILE = "config.toml"
+MANIFEST = "manifest.json"
+COMMITTED = "COMMITTED"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, model: nn.Module, train_state: dict[str, Any], config_toml: str
+) -> Path:
+    """Write checkpoint `step` atomically and return its folder."""
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / MODEL_FILE))
+    torch.save(train_state, tmp / STATE_FILE)
+    (tmp / CONFIG_FILE).write_text(config_toml)
+    files = {name: sha256_file(tmp / name) for name in (MODEL_FILE, STATE_FILE, CONFIG_FILE)}
+    manifest = {"format_version": FORMAT_VERSION, "step": step, "sha256": files}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    for name in (*files, MANIFEST):
+        _fsync(tmp / name)
+    _fsync(tmp)
+    if final.exists():  # an uncommitted leftover of a crashed save of the same step
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync(final.parent)
+    marker = final / COMMITTED
+    marker.write_text(f"{step}\n")
+    _fsync(marker)
+    _fsync(final)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Committed checkpoint folders, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step_*") if (p / COMMITTED).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check the commit marker and every file's SHA-256; return the manifest."""
+    path = Path(path)
+    if not (path / COMMITTED).is_file():
+        raise BitternError(f"checkpoint {path} is incomplete (no {COMMITTED} marker)")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        expected = manifest["sha256"]
+    except (OSError, ValueError, KeyError) as e:
+        raise BitternError(f"checkpoint manifest {path / MANIFEST} is unreadable: {e}") from None
+    for name, digest in expected.items():
+        f = path / name
+        if not f.is_file():
+            raise BitternError(f"checkpoint file missing: {f}")
+        if sha256_file(f) != digest:
+            raise BitternError(f"checkpoint file corrupt (SHA-256 mismatch): {f}")
+    return manifest
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    """Load model.safetensors of a verified checkpoint into `model` (strict)."""
+    try:
+        missing, unexpected = load_model(model, str(Path(path) / MODEL_FILE), strict=False)
+    except Exception as e:  # safetensors raises several types for malformed files
+        raise BitternError(f"cannot load weights {Path(path) / MODEL_FILE}: {e}") from None
+    if missing or unexpected:
+        raise BitternError(
+            f"checkpoint {path} does not fit the model: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, protect: Path | None = None) -> None:
+    """Delete all but the newest `keep_last` committed checkpoints, never `protect`."""
+    if keep_last <= 0:
+        return
+    found = list_checkpoints(run_dir)
+    for old in found[:-keep_last]:
+        if protect is not None and old.resolve() == Path(protect).resolve():
+            continue
+        (old / COMMITTED).unlink()  # uncommit first: a crash mid-delete leaves no valid-looking half
+        shutil.rmtree(old)

@@ -1,0 +1,5 @@
+"""Evaluation: held-out perplexity and bits per byte."""
+
+from bittern.eval.perplexity import evaluate
+
+__all__ = ["evaluate"]
