@@ -121,9 +121,7 @@ def _coerce(key: str, value: Any, hint) -> Any:
         if hint is int and isinstance(value, bool):
             raise BitternError(f"config key '{key}' must be an integer, got {value!r}")
         return value
-    raise BitternError(
-        f"config key '{key}' must be of type {getattr(hint, '__name__', hint)}, got {value!r}"
-    )
+    raise BitternError(f"config key '{key}' must be of type {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
 def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
@@ -151,9 +149,7 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
-            raise BitternError(
-                f"unexpected argument '{arg}' (overrides look like --section.key=value)"
-            )
+            raise BitternError(f"unexpected argument '{arg}' (overrides look like --section.key=value)")
         key, eq, value = arg[2:].partition("=")
         if not eq:
             if i + 1 >= len(args):
@@ -218,9 +214,7 @@ def validate(cfg: Config) -> None:
     _check(bool(cfg.data.path or cfg.data.source), "set data.path or data.source")
     _check(0 < cfg.data.val_fraction < 1, "data.val_fraction must be in (0, 1)")
     m = cfg.model
-    _check(
-        m.quant in ("ternary", "none"), f"model.quant must be 'ternary' or 'none', got {m.quant!r}"
-    )
+    _check(m.quant in ("ternary", "none"), f"model.quant must be 'ternary' or 'none', got {m.quant!r}")
     from bittern.models.config import PRESETS
 
     _check(m.preset in PRESETS, f"model.preset must be one of {sorted(PRESETS)}, got {m.preset!r}")

@@ -132,9 +132,7 @@ class TokenDataset:
             num_batches = min(num_batches, max_batches)
         for b in range(num_batches):
             rows = range(b * batch_size, min((b + 1) * batch_size, num_windows))
-            yield _to_inputs_targets(
-                [self.read("val", i * seq_len, seq_len + 1) for i in rows], seq_len
-            )
+            yield _to_inputs_targets([self.read("val", i * seq_len, seq_len + 1) for i in rows], seq_len)
 
     def _need(self, seq_len: int, split: str) -> int:
         """Token count of `split`, raising if it cannot fill one window of seq_len+1."""
@@ -148,9 +146,7 @@ class TokenDataset:
         return n
 
 
-def _to_inputs_targets(
-    windows: list[np.ndarray], seq_len: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_inputs_targets(windows: list[np.ndarray], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack windows of seq_len+1 tokens into (inputs, targets) shifted by one."""
     batch = torch.from_numpy(np.stack(windows)) if windows else torch.empty(0, seq_len + 1)
     batch = batch.long()
@@ -178,8 +174,7 @@ def _read_meta(path: Path) -> dict:
         raise BitternError(f"malformed dataset meta {path}: missing {missing}")
     if meta["format_version"] != FORMAT_VERSION:
         raise BitternError(
-            f"{path}: dataset format {meta['format_version']}, expected {FORMAT_VERSION};"
-            " prepare it again"
+            f"{path}: dataset format {meta['format_version']}, expected {FORMAT_VERSION}; prepare it again"
         )
     if any(s not in meta["splits"] for s in SPLITS):
         raise BitternError(f"malformed dataset meta {path}: splits must include {SPLITS}")

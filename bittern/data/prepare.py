@@ -123,10 +123,7 @@ def _write_splits(
             batch = []
         advance(1)
     _flush(batch, tok, writers, stats)
-    return {
-        s: {"tokens": writers[s].num_tokens, **stats[s], "shards": writers[s].close()}
-        for s in SPLITS
-    }
+    return {s: {"tokens": writers[s].num_tokens, **stats[s], "shards": writers[s].close()} for s in SPLITS}
 
 
 def _flush(batch: list[tuple[str, str]], tok: Tokenizer, writers: dict, stats: dict) -> None:

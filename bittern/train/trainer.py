@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,16 +83,13 @@ def _check_compatible(saved: Config, cfg: Config) -> None:
 class Trainer:
     """One training run in a run folder."""
 
-    def __init__(self, cfg: Config, out: Path, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True) -> None:
+    def __init__(
+        self, cfg: Config, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True
+    ) -> None:
         self.out = Path(out)
         self.progress = progress
         resuming = prepare_run_dir(self.out, resume, overwrite)
         saved_cfg = self.out / "config.toml"
-        if resuming and saved_cfg.exists():
-            import tomllib
-
-            _check_compatible(config_from_dict(tomllib.loads(saved_cfg.read_text())), cfg)
         self.cfg = cfg
         t = cfg.train
         self.device = resolve_device(t.device)
@@ -107,8 +105,11 @@ class Trainer:
         cfg.model = cfg.model.resolved(vocab_size=self.data.vocab_size)
         if cfg.model.vocab_size < self.data.vocab_size:
             raise BitternError(
-                f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's {self.data.vocab_size}"
+                f"model.vocab_size {cfg.model.vocab_size} is smaller than the "
+                f"tokenizer's {self.data.vocab_size}"
             )
+        if resuming and saved_cfg.exists():
+            _check_compatible(config_from_dict(tomllib.loads(saved_cfg.read_text())), cfg)
         if t.seq_len > cfg.model.max_seq_len:
             raise BitternError(f"train.seq_len {t.seq_len} exceeds model.max_seq_len {cfg.model.max_seq_len}")
         _seed_everything(t.seed)
@@ -180,8 +181,9 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         t = self.cfg.train
-        return evaluate(self.forward, self.data, t.seq_len, self.micro, t.eval_batches or None,
-                        self.device, self.autocast)
+        return evaluate(
+            self.forward, self.data, t.seq_len, self.micro, t.eval_batches or None, self.device, self.autocast
+        )
 
     def save(self) -> Path:
         state = {
@@ -194,13 +196,15 @@ class Trainer:
         prune_checkpoints(self.out, self.cfg.checkpoint.keep_last)
         return path
 
-    def run(self) -> TrainResult:
+    def run(self, until: int | None = None) -> TrainResult:
+        """Train to train.steps, or stop (with a checkpoint) once step `until` is done."""
         t, c = self.cfg.train, self.cfg
+        last = min(t.steps, until or t.steps)
         bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc="train", unit="step")
         window_tokens, window_start, val = 0, time.perf_counter(), None
         self.model.train()
         try:
-            while self.step < t.steps:
+            while self.step < last:
                 lr = self._set_lr()
                 loss, grad_norm = self.train_step()
                 window_tokens += t.batch_size * t.seq_len
@@ -208,18 +212,31 @@ class Trainer:
                 if self.step % c.log.every == 0 or self.step == t.steps:
                     elapsed = time.perf_counter() - window_start
                     tok_s = window_tokens / max(elapsed, 1e-9)
-                    record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tok_s,
-                              "tokens_seen": self.tokens_seen}
+                    record = {
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "tokens_per_sec": tok_s,
+                        "tokens_seen": self.tokens_seen,
+                    }
                     window_tokens, window_start = 0, time.perf_counter()
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
                 if (t.eval_every and self.step % t.eval_every == 0) or self.step == t.steps:
                     val = self.validate()
-                    record |= {"loss": loss, "lr": lr, "grad_norm": grad_norm, "val_loss": val["loss"],
-                               "val_perplexity": val["perplexity"], "val_bits_per_byte": val["bits_per_byte"]}
-                    bar.write(f"step {self.step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f}")
+                    record |= {
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "val_loss": val["loss"],
+                        "val_perplexity": val["perplexity"],
+                        "val_bits_per_byte": val["bits_per_byte"],
+                    }
+                    bar.write(
+                        f"step {self.step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f}"
+                    )
                 if record:
                     self.logger.log(self.step, record)
-                if (c.checkpoint.every and self.step % c.checkpoint.every == 0) or self.step == t.steps:
+                if (c.checkpoint.every and self.step % c.checkpoint.every == 0) or self.step == last:
                     self.save()
                 bar.update(1)
                 if not math.isfinite(loss):
@@ -232,7 +249,8 @@ class Trainer:
         return TrainResult(self.out, self.step, val["loss"], val["perplexity"], val["bits_per_byte"])
 
 
-def train(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False,
-          progress: bool = True) -> TrainResult:
+def train(
+    cfg: Config, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True
+) -> TrainResult:
     """Train `cfg` into run folder `out` and return the final validation figures."""
     return Trainer(cfg, out, resume=resume, overwrite=overwrite, progress=progress).run()

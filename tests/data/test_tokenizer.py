@@ -3,8 +3,6 @@ import shutil
 import sys
 
 import pytest
-from tokenizers import Tokenizer as RawTokenizer
-from tokenizers import decoders, models, pre_tokenizers
 
 from bittern.data.tokenizer import (
     BPETokenizer,
@@ -83,26 +81,11 @@ def test_hf_autotokenizer_folder(tmp_path, corpus):
     assert hf.eos_id == bpe.eos_id
 
 
-def test_hf_tokenizer_with_large_vocab(tmp_path):
+def test_hf_tokenizer_with_large_vocab(tmp_path, big_vocab_tokenizer_dir):
     tok = big_vocab_tokenizer_dir(tmp_path)
     hf = HFTokenizer.from_path(tok)
     assert hf.vocab_size == 70_000 + 256 + 1
     assert hf.decode(hf.encode(TEXT)) == TEXT
-
-
-def big_vocab_tokenizer_dir(directory):
-    """A byte-level tokenizer.json with 70k filler tokens, so ids need more than 16 bits."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    vocab.update({f"<filler{i}>": len(alphabet) + i for i in range(70_000)})
-    vocab["<|endoftext|>"] = len(vocab)
-    raw = RawTokenizer(models.BPE(vocab=vocab, merges=[]))
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    raw.add_special_tokens(["<|endoftext|>"])
-    directory.mkdir(parents=True, exist_ok=True)
-    raw.save(str(directory / "tokenizer.json"))
-    return directory
 
 
 def test_gguf_without_gguf_package(tmp_path, monkeypatch):

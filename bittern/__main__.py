@@ -1,0 +1,5 @@
+import sys
+
+from bittern.cli import main
+
+sys.exit(main())

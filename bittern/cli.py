@@ -1,0 +1,142 @@
+"""Command line: parse, load config, call one function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bittern.errors import BitternError
+
+EXIT_ERROR = 2
+
+
+def _train(args: argparse.Namespace, extra: list[str]) -> None:
+    from bittern.config import load_config, parse_overrides
+    from bittern.train import train
+
+    out = Path(args.out or f"runs/{Path(args.config).stem if args.config else 'shakespeare-tiny'}")
+    config = args.config
+    if config is None and args.resume and (out / "config.toml").exists():
+        config = out / "config.toml"  # resuming without --config continues with the run's own
+    cfg = load_config(config, parse_overrides(extra))
+    result = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    from bittern.eval import unigram_loss
+    from bittern.train.data import open_dataset
+
+    baseline = unigram_loss(open_dataset(cfg.data, progress=False))
+    print(
+        f"done: {result.step} steps in {result.run_dir}\n"
+        f"validation loss {result.val_loss:.4f} | perplexity {result.val_perplexity:.2f} | "
+        f"bits/byte {result.val_bits_per_byte:.3f} (unigram baseline loss {baseline:.4f})"
+    )
+
+
+def _eval(args: argparse.Namespace, extra: list[str]) -> None:
+    from bittern.eval.runs import evaluate_runs
+
+    for row in evaluate_runs(args.runs, data_path=args.data, max_batches=args.batches, device=args.device):
+        print(
+            f"{row['run']}: loss {row['loss']:.4f} | perplexity {row['perplexity']:.2f} | "
+            f"bits/byte {row['bits_per_byte']:.3f} | {row['tokens']} tokens"
+        )
+
+
+def _generate(args: argparse.Namespace, extra: list[str]) -> None:
+    import bittern
+    from bittern.generate import generate_text
+    from bittern.runtime import resolve_device
+
+    model, tokenizer = bittern.load(args.run, device=resolve_device(args.device))
+    for i in range(args.num_samples):
+        text = generate_text(
+            model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed + i
+        )
+        print(text if args.num_samples == 1 else f"--- sample {i + 1}\n{text}")
+
+
+def _prepare(args: argparse.Namespace, extra: list[str]) -> None:
+    from bittern.data.prepare import prepare_dataset
+
+    out = prepare_dataset(
+        args.source,
+        Path(args.out),
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        text_field=args.text_field,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(f"prepared {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bittern", description="Train 1.58-bit language models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (overrides: --section.key=value)")
+    t.add_argument("--config", help="TOML config file (default: the built-in Shakespeare job)")
+    t.add_argument("--out", help="run folder (default: runs/<config name>)")
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
+    )
+    t.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=_train, allow_extra=True)
+
+    e = sub.add_parser("eval", help="validation perplexity and bits/byte of runs or checkpoints")
+    e.add_argument("runs", nargs="+", help="run folders or checkpoint folders")
+    e.add_argument("--data", help="prepared dataset folder (default: the first run's data)")
+    e.add_argument("--batches", type=int, default=0, help="evaluate at most this many batches (0: all)")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_eval)
+
+    g = sub.add_parser("generate", help="sample text from a run")
+    g.add_argument("run", help="run folder or checkpoint folder")
+    g.add_argument("--prompt", default="\n")
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--num-samples", type=int, default=1)
+    g.add_argument("--device", default="auto")
+    g.set_defaults(func=_generate)
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dp = dsub.add_parser("prepare", help="tokenize a corpus into memory-mapped shards")
+    dp.add_argument("source", help="shakespeare | file | folder | .jsonl | .parquet | hf:NAME[:CONFIG]")
+    dp.add_argument("--out", required=True, help="dataset folder to create")
+    dp.add_argument(
+        "--tokenizer", default="byte", help="byte | bpe | local Hugging Face tokenizer path or .gguf"
+    )
+    dp.add_argument("--vocab-size", type=int, default=8192, help="for --tokenizer bpe")
+    dp.add_argument("--val-fraction", type=float, default=0.05)
+    dp.add_argument("--seed", type=int, default=0)
+    dp.add_argument("--text-field", default="text", help="JSONL/Parquet/HF field holding the text")
+    dp.add_argument("--overwrite", action="store_true")
+    dp.add_argument("--quiet", action="store_true")
+    dp.set_defaults(func=_prepare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "allow_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args.func(args, extra)
+    except BitternError as e:
+        print(f"bittern: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("bittern: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
