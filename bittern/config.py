@@ -20,6 +20,13 @@ from bittern.errors import BitternError
 from bittern.models.config import ModelConfig
 
 
+SCHEDULES = ("cosine", "linear", "constant", "two_stage")
+CLIP_MODES = ("norm", "value", "layer", "adaptive", "none")
+PROGRESSIVE = ("none", "linear", "stepped")
+SPIKE_ACTIONS = ("warn", "skip", "rollback")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass
 class DataConfig:
     source: str = "shakespeare"  # a built-in corpus, prepared on first use and cached
@@ -46,32 +53,88 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-3
+    lr: float = 3e-3  # peak LR; 1.58-bit models want about 10x their full-precision twin's
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    weight_decay: float = 0.1  # matrices only: never norms, biases or embeddings
+    layer_lr_decay: float = 1.0  # block i of L gets lr * layer_lr_decay ** (L - 1 - i)
+    embed_lr_mult: float = 1.0
+    attn_lr_mult: float = 1.0
+    mlp_lr_mult: float = 1.0
+    head_lr_mult: float = 1.0
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "cosine"  # cosine | constant
+    name: str = "cosine"  # cosine | linear | constant | two_stage
     warmup_frac: float = 0.1  # of train.steps, unless warmup_steps is set
     warmup_steps: int = -1
     min_lr_ratio: float = 0.1  # final LR as a fraction of the peak
+    stage2_frac: float = 0.5  # two_stage: where the drop happens
+    stage2_lr_ratio: float = 2 / 3  # two_stage: LR after the drop, as a fraction of the peak
+    stage2_weight_decay: float = 0.0  # two_stage: weight decay in stage 2
+
+
+@dataclass
+class ClipConfig:
+    mode: str = "norm"  # norm (global) | value | layer (per parameter) | adaptive | none
+    max_norm: float = 1.0  # norm / layer: max gradient norm
+    value: float = 1.0  # value: max |gradient element|
+    adaptive_init: float = 0.5  # adaptive: threshold before any statistics exist
+    adaptive_window: int = 100  # adaptive: recent steps the statistic looks at
+    adaptive_factor: float = 2.0  # adaptive: threshold = factor * running median norm
+
+
+@dataclass
+class LossScaleConfig:
+    fp16_init: float = 65536.0  # dynamic scaler (train.precision = "fp16")
+    fp16_growth: float = 2.0
+    fp16_backoff: float = 0.5
+    fp16_growth_interval: int = 2000
+    alpha: bool = False  # gradient-norm-driven alpha = min(2, 1 + (1 - |g| / threshold)), >= 1
+    alpha_threshold: float = 1e-2
+    alpha_max: float = 2.0
+
+
+@dataclass
+class ProgressiveConfig:
+    schedule: str = "none"  # none (quantized from step 0) | linear | stepped
+    warmup_steps: int = 1000  # linear: lambda 0 -> 1 over this many steps
+    start_frac: float = 0.1  # stepped: full precision for this fraction of training
+    interval: int = 100  # stepped: steps between increments
+    delta: float = 0.1  # stepped: lambda increment
+    activations: bool = True  # blend activations too (else they are quantized throughout)
+
+
+@dataclass
+class GuardConfig:
+    skip_nonfinite: bool = True  # NaN/Inf loss or gradients: skip the update
+    spike_window: int = 50  # recent losses the spike detector compares against
+    spike_zscore: float = 6.0  # spike: loss > mean + zscore * std of the window
+    spike_action: str = "warn"  # warn | skip | rollback
+    max_bad_steps: int = 3  # this many skipped steps in a row -> rollback
+    rollback_lr_factor: float = 0.5  # LR multiplier after each rollback
+    max_rollbacks: int = 3  # then give up (exit code 3)
+    plateau_patience: int = 0  # evaluations without improvement -> progressive fallback (0: off)
+    alert_grad_norm: float = 10.0
+    inject_nan_step: int = -1  # test-only: make the loss NaN at this step
 
 
 @dataclass
 class CheckpointConfig:
     every: int = 200  # steps between checkpoints; the last step is always saved
-    keep_last: int = 3  # 0 keeps them all
+    keep_last: int = 3  # 0 keeps them all; the one resumed from is never deleted
+    fallback: bool = False  # on resume, skip a corrupt newest checkpoint for an older one
 
 
 @dataclass
 class LogConfig:
     every: int = 10
     tensorboard: bool = True
+    health_every: int = 0  # ternary health stats; 0: every log.every
+    histogram_every: int = 0  # latent-weight histograms; 0: 10 * log.every
+    peak_tflops: float = 0.0  # for MFU; 0: looked up from the GPU name
 
 
 @dataclass
@@ -81,6 +144,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    loss_scale: LossScaleConfig = field(default_factory=LossScaleConfig)
+    progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -201,12 +268,15 @@ def validate(cfg: Config) -> None:
     _check(t.batch_size > 0, "train.batch_size must be positive")
     _check(t.micro_batch_size >= 0, "train.micro_batch_size must be >= 0")
     _check(t.seq_len > 1, "train.seq_len must be at least 2")
-    _check(t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
+    _check(t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
     _check(t.eval_every >= 0 and t.eval_batches >= 0, "train.eval_every/eval_batches must be >= 0")
     _check(o.lr > 0, "optim.lr must be positive")
     _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1/beta2 must be in [0, 1)")
-    _check(o.weight_decay >= 0 and o.grad_clip >= 0, "optim.weight_decay/grad_clip must be >= 0")
-    _check(s.name in ("cosine", "constant"), "schedule.name must be cosine or constant")
+    _check(o.weight_decay >= 0, "optim.weight_decay must be >= 0")
+    _check(s.name in SCHEDULES, f"schedule.name must be one of {SCHEDULES}")
+    _check(cfg.clip.mode in CLIP_MODES, f"clip.mode must be one of {CLIP_MODES}")
+    _check(cfg.progressive.schedule in PROGRESSIVE, f"progressive.schedule must be one of {PROGRESSIVE}")
+    _check(cfg.guard.spike_action in SPIKE_ACTIONS, f"guard.spike_action must be one of {SPIKE_ACTIONS}")
     _check(0 <= s.warmup_frac < 1, "schedule.warmup_frac must be in [0, 1)")
     _check(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio must be in [0, 1]")
     _check(cfg.checkpoint.every >= 0 and cfg.checkpoint.keep_last >= 0, "checkpoint.* must be >= 0")

@@ -171,7 +171,7 @@ class Trainer:
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
             (loss / self.accum).backward()
             total += loss.detach()
-        max_norm = self.cfg.optim.grad_clip or float("inf")
+        max_norm = self.cfg.clip.max_norm if self.cfg.clip.mode == "norm" else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
