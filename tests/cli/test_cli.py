@@ -1,0 +1,93 @@
+"""The command line: every user error is one line on stderr and exit status 2; the jobs run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bittern.cli import EXIT_ERROR, main
+from tests.conftest import tiny_config_dict
+
+
+def write_config(path, data: dict) -> str:
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def run_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bittern: error: "), err
+    return err[0]
+
+
+@pytest.fixture
+def config_file(tmp_path, dataset):
+    return write_config(tmp_path / "tiny.toml", tiny_config_dict(dataset, train={"steps": 4}))
+
+
+def test_missing_config(capsys, tmp_path):
+    assert "nope.toml" in run_error(capsys, ["train", "--config", str(tmp_path / "nope.toml")])
+
+
+def test_malformed_config(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nsteps = 3\n")
+    assert "malformed config" in run_error(capsys, ["train", "--config", str(bad)])
+
+
+def test_unknown_keys_named(capsys, config_file, tmp_path):
+    msg = run_error(capsys, ["train", "--config", config_file, "--out", str(tmp_path / "r"), "--train.stepz=3"])
+    assert "train.stepz" in msg
+    msg = run_error(capsys, ["train", "--config", config_file, "--modle.quant=none"])
+    assert "modle" in msg
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_value_named(capsys, config_file):
+    assert "model.quant" in run_error(capsys, ["train", "--config", config_file, "--model.quant=binary"])
+    assert "train.steps" in run_error(capsys, ["train", "--config", config_file, "--train.steps=many"])
+
+
+def test_missing_data_path(capsys, config_file, tmp_path):
+    msg = run_error(capsys, ["train", "--config", config_file, "--data.path", str(tmp_path / "nodata")])
+    assert "nodata" in msg
+
+
+def test_train_eval_generate(capsys, config_file, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--config", config_file, "--out", str(run), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "unigram baseline" in out
+    assert main(["eval", str(run)]) == 0
+    row = capsys.readouterr().out
+    assert "bits/byte" in row and str(run) in row
+    assert main(["generate", str(run), "--prompt", "ROMEO.", "--max-new-tokens", "20"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("ROMEO.") and len(text.rstrip("\n")) > len("ROMEO.")
+    msg = run_error(capsys, ["train", "--config", config_file, "--out", str(run)])
+    assert "already holds a run" in msg
+
+
+def test_data_prepare_and_tokenizer_mismatch(capsys, corpus_folder, tmp_path, dataset):
+    out = tmp_path / "bpe"
+    argv = ["data", "prepare", str(corpus_folder), "--out", str(out), "--tokenizer", "bpe",
+            "--vocab-size", "300", "--quiet"]
+    assert main(argv) == 0
+    assert (out / "meta.json").is_file()
+    assert str(out) in run_error(capsys, argv)  # an existing dataset is never overwritten
+    cfg = write_config(tmp_path / "c.toml", tiny_config_dict(out, data={"tokenizer": "byte"}))
+    assert "tokenizer mismatch" in run_error(capsys, ["train", "--config", cfg, "--out", str(tmp_path / "r")])
+    byte_run = tmp_path / "byte_run"
+    cfg = write_config(tmp_path / "b.toml", tiny_config_dict(dataset, train={"steps": 2}))
+    assert main(["train", "--config", cfg, "--out", str(byte_run), "--quiet"]) == 0
+    assert "tokenizer mismatch" in run_error(capsys, ["eval", str(byte_run), "--data", str(out)])
+
+
+def test_eval_missing_run(capsys, tmp_path):
+    assert "no such run" in run_error(capsys, ["eval", str(tmp_path / "ghost")])
