@@ -19,7 +19,6 @@ from typing import Any
 from bittern.errors import BitternError
 from bittern.models.config import ModelConfig
 
-
 SCHEDULES = ("cosine", "linear", "constant", "two_stage")
 CLIP_MODES = ("norm", "value", "layer", "adaptive", "none")
 PROGRESSIVE = ("none", "linear", "stepped")

@@ -87,7 +87,7 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise BitternError(f"output path exists and is not a folder: {out_dir}")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise BitternError(f"output folder is not empty: {out_dir} (pass overwrite=True)")
+        raise BitternError(f"output folder is not empty: {out_dir} (pass --overwrite to replace it)")
 
 
 def _measure(documents: Iterator[str]) -> tuple[list[int], int]:

@@ -42,7 +42,9 @@ def test_malformed_config(capsys, tmp_path):
 
 
 def test_unknown_keys_named(capsys, config_file, tmp_path):
-    msg = run_error(capsys, ["train", "--config", config_file, "--out", str(tmp_path / "r"), "--train.stepz=3"])
+    msg = run_error(
+        capsys, ["train", "--config", config_file, "--out", str(tmp_path / "r"), "--train.stepz=3"]
+    )
     assert "train.stepz" in msg
     msg = run_error(capsys, ["train", "--config", config_file, "--modle.quant=none"])
     assert "modle" in msg
@@ -76,8 +78,18 @@ def test_train_eval_generate(capsys, config_file, tmp_path):
 
 def test_data_prepare_and_tokenizer_mismatch(capsys, corpus_folder, tmp_path, dataset):
     out = tmp_path / "bpe"
-    argv = ["data", "prepare", str(corpus_folder), "--out", str(out), "--tokenizer", "bpe",
-            "--vocab-size", "300", "--quiet"]
+    argv = [
+        "data",
+        "prepare",
+        str(corpus_folder),
+        "--out",
+        str(out),
+        "--tokenizer",
+        "bpe",
+        "--vocab-size",
+        "300",
+        "--quiet",
+    ]
     assert main(argv) == 0
     assert (out / "meta.json").is_file()
     assert str(out) in run_error(capsys, argv)  # an existing dataset is never overwritten
