@@ -1,5 +1,24 @@
-"""Observability: metric sinks (JSONL, TensorBoard)."""
+"""Observability: metric sinks (JSONL, TensorBoard), ternary health, alerts, throughput, plots."""
 
+from bittern.monitor.alerts import Alerts, report
+from bittern.monitor.health import TernaryHealth, log_weight_histograms, unwrap
 from bittern.monitor.metrics import MetricsLogger, read_metrics, truncate_metrics
+from bittern.monitor.perf import flops_per_token, memory_stats, mfu, peak_flops, reset_peak
+from bittern.monitor.plot import plot_run
 
-__all__ = ["MetricsLogger", "read_metrics", "truncate_metrics"]
+__all__ = [
+    "Alerts",
+    "MetricsLogger",
+    "TernaryHealth",
+    "flops_per_token",
+    "log_weight_histograms",
+    "memory_stats",
+    "mfu",
+    "peak_flops",
+    "plot_run",
+    "read_metrics",
+    "report",
+    "reset_peak",
+    "truncate_metrics",
+    "unwrap",
+]

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def _jsonable(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
@@ -42,6 +44,11 @@ class MetricsLogger:
         """A text event (alerts) in TensorBoard."""
         if self._tb is not None:
             self._tb.add_text(tag, message, step)
+
+    def histogram(self, step: int, tag: str, values: torch.Tensor) -> None:
+        """A TensorBoard histogram of `values` (TB only, not JSONL); copied to the CPU only when TB is on."""
+        if self._tb is not None:
+            self._tb.add_histogram(tag, values.detach().float().cpu(), step)
 
     def close(self) -> None:
         if self._file is not None:

@@ -1,0 +1,184 @@
+"""Ternary health: how the codes, scales and activation clipping of every BitLinear evolve.
+
+Per layer (`health/<layer>/<stat>`) and overall (`health/<stat>`, the parameter-weighted mean):
+
+- `zero_frac`: fraction of ternary codes that are 0.
+- `flip_frac`: fraction of codes that changed since the baseline (the previous snapshot, or
+  `set_baseline`); absent until there is one.
+- `gamma_drift`: |gamma - gamma_prev| / gamma_prev of the layer's mean scale, same baseline.
+- `weight_clip_frac`: fraction of latent weights the ternary clamp cuts, round(|W / gamma|) > 1
+  (|W / gamma| > 1.5).
+- `act_clip_frac`: fraction of int8 activation codes at the limits (|code| >= 127), from the
+  layer's (normed) input in the last armed forward pass; absent if none since the last snapshot.
+
+Flip tracking keeps the baseline codes on the weight's device as int8: one byte per quantized
+weight (about 1 GB for a 1B-parameter model); `track_flips=False` drops it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from bittern.monitor.metrics import MetricsLogger
+from bittern.nn import BitLinear, bitlinear_layers
+from bittern.quant import ACT_QMAX, quantize_activations, ternarize
+
+HISTOGRAM_MAX_VALUES = 65536
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under DDP / torch.compile wrappers, so layer names match the plain model."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def _clip_count(w: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """How many weights the ternary clamp cuts; gamma in any shape `ternarize` returns."""
+    wf = w.detach().float()
+    if gamma.dim() == 3:
+        wf = wf.reshape(gamma.shape[0], gamma.shape[1], -1)
+    return ((wf / gamma).abs().round() > 1).sum()
+
+
+def _weighted_means(per_layer: dict[str, dict[str, float]], sizes: dict[str, int]) -> dict[str, float]:
+    """Each stat averaged over the layers that have it, weighted by parameter count."""
+    totals: dict[str, list[float]] = {}
+    for name, stats in per_layer.items():
+        for key, value in stats.items():
+            acc = totals.setdefault(key, [0.0, 0.0])
+            acc[0] += value * sizes[name]
+            acc[1] += sizes[name]
+    return {key: s / n for key, (s, n) in totals.items()}
+
+
+class TernaryHealth:
+    """Tracks the quantized BitLinear layers of a model between snapshots (see module docstring)."""
+
+    def __init__(self, per_layer: bool = True, track_flips: bool = True) -> None:
+        self.per_layer = per_layer
+        self.track_flips = track_flips
+        self._codes: dict[str, torch.Tensor] = {}
+        self._gamma: dict[str, torch.Tensor] = {}
+        self._act: dict[str, tuple[torch.Tensor, int]] = {}
+        self._armed: set[str] = set()
+        self._names: list[str] = []
+        self._handles: list[RemovableHandle] = []
+
+    def attach(self, model: nn.Module) -> TernaryHealth:
+        """Register the (disarmed) activation hooks on every quantized BitLinear of `model`."""
+        self.detach()
+        for name, layer in bitlinear_layers(unwrap(model)):
+            self._handles.append(layer.register_forward_pre_hook(self._hook(name)))
+            self._names.append(name)
+        return self
+
+    def detach(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._names, self._armed = [], [], set()
+
+    def arm(self) -> None:
+        """Capture activation clipping in the next forward pass of each layer (then disarm)."""
+        self._armed = set(self._names)
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._armed)
+
+    def _hook(self, name: str) -> Callable[[BitLinear, tuple], None]:
+        """A pre-hook that costs one set lookup unless armed."""
+
+        def hook(layer: BitLinear, args: tuple) -> None:
+            if name in self._armed:
+                self._capture(name, layer, args[0])
+
+        return hook
+
+    @torch.no_grad()
+    def _capture(self, name: str, layer: BitLinear, x: torch.Tensor) -> None:
+        """Count the int8 activation codes at the limits for the input this layer quantizes.
+
+        torch.compile traces this into the armed variant of the graph (no graph break).
+        """
+        self._armed.discard(name)
+        if layer.norm is not None:
+            x = layer.norm(x)
+        codes, _ = quantize_activations(x)
+        clipped = ((codes >= ACT_QMAX) | (codes <= -ACT_QMAX)).sum()
+        self._act[name] = (clipped, codes.numel())
+
+    @torch.no_grad()
+    def set_baseline(self, model: nn.Module) -> None:
+        """Record the current codes and scales, so the next snapshot's flips/drift cover only what follows.
+
+        Called right before an optimizer step, it makes flip_frac and gamma_drift per-step figures.
+        """
+        for name, layer in bitlinear_layers(unwrap(model)):
+            o = layer.options
+            codes, gamma = ternarize(layer.weight, o.granularity, o.group_size, o.gamma_multiplier)
+            self._remember(name, codes, gamma.mean())
+
+    def _remember(self, name: str, codes: torch.Tensor, gamma: torch.Tensor) -> None:
+        if self.track_flips:
+            self._codes[name] = codes
+        self._gamma[name] = gamma
+
+    def _layer_stats(self, name: str, layer: BitLinear) -> dict[str, torch.Tensor]:
+        """A layer's stats as 0-dim tensors on its device (no host sync); updates the baseline."""
+        o = layer.options
+        codes, gamma = ternarize(layer.weight, o.granularity, o.group_size, o.gamma_multiplier)
+        n = codes.numel()
+        g = gamma.mean()
+        stats = {
+            "zero_frac": (codes == 0).sum() / n,
+            "weight_clip_frac": _clip_count(layer.weight, gamma) / n,
+        }
+        prev = self._codes.get(name)
+        if prev is not None and prev.shape == codes.shape:
+            stats["flip_frac"] = (codes != prev).sum() / n
+        if name in self._gamma:
+            stats["gamma_drift"] = (g - self._gamma[name]).abs() / self._gamma[name]
+        if name in self._act:
+            clipped, total = self._act.pop(name)
+            stats["act_clip_frac"] = clipped / total
+        self._remember(name, codes, g)
+        return stats
+
+    @torch.no_grad()
+    def snapshot(self, model: nn.Module) -> dict[str, float]:
+        """All health stats, per layer and overall, as `health/...` keys; one host sync."""
+        layers = bitlinear_layers(unwrap(model))
+        tensors = {name: self._layer_stats(name, layer) for name, layer in layers}
+        flat = [v.float().reshape(()) for stats in tensors.values() for v in stats.values()]
+        values = iter(torch.stack(flat).tolist() if flat else [])
+        per_layer = {name: {k: next(values) for k in stats} for name, stats in tensors.items()}
+        sizes = {name: layer.weight.numel() for name, layer in layers}
+        out = {f"health/{k}": v for k, v in _weighted_means(per_layer, sizes).items()}
+        if self.per_layer:
+            out |= {f"health/{name}/{k}": v for name, stats in per_layer.items() for k, v in stats.items()}
+        return out
+
+
+def _subsample(t: torch.Tensor, max_values: int) -> torch.Tensor:
+    """At most `max_values` entries of `t`, an evenly strided (deterministic) view."""
+    flat = t.detach().reshape(-1)
+    return flat[:: max(1, math.ceil(flat.numel() / max_values))]
+
+
+def log_weight_histograms(
+    logger: MetricsLogger, step: int, model: nn.Module, max_values: int = HISTOGRAM_MAX_VALUES
+) -> None:
+    """TensorBoard histograms (`weights/<layer>`) of every quantized BitLinear's latent weight."""
+    for name, layer in bitlinear_layers(unwrap(model)):
+        logger.histogram(step, f"weights/{name}", _subsample(layer.weight, max_values))
