@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bittern.errors import BitternError
+from bittern.errors import BitternError, TrainingStopped
 
 EXIT_ERROR = 2
 
@@ -20,6 +20,8 @@ def _train(args: argparse.Namespace, extra: list[str]) -> None:
     if config is None and args.resume and (out / "config.toml").exists():
         config = out / "config.toml"  # resuming without --config continues with the run's own
     cfg = load_config(config, parse_overrides(extra))
+    if args.fallback:
+        cfg.checkpoint.fallback = True
     result = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     from bittern.eval import unigram_loss
     from bittern.train.data import open_dataset
@@ -55,6 +57,13 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> None:
         print(text if args.num_samples == 1 else f"--- sample {i + 1}\n{text}")
 
 
+def _plot(args: argparse.Namespace, extra: list[str]) -> None:
+    from bittern.monitor.plot import plot_run
+
+    for path in plot_run(Path(args.run), Path(args.out) if args.out else None):
+        print(path)
+
+
 def _prepare(args: argparse.Namespace, extra: list[str]) -> None:
     from bittern.data.prepare import prepare_dataset
 
@@ -83,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
     )
     t.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
+    t.add_argument(
+        "--fallback",
+        action="store_true",
+        help="on --resume, skip a corrupt newest checkpoint for an older one",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_train, allow_extra=True)
 
@@ -103,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=int, default=1)
     g.add_argument("--device", default="auto")
     g.set_defaults(func=_generate)
+
+    pl = sub.add_parser("plot", help="PNG plots of a run's metrics (loss, LR, grad norm, zero fraction)")
+    pl.add_argument("run", help="run folder")
+    pl.add_argument("--out", help="folder for the PNGs (default: RUN/plots)")
+    pl.set_defaults(func=_plot)
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -132,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     except BitternError as e:
         print(f"bittern: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except TrainingStopped as e:
+        print(f"bittern: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("bittern: interrupted", file=sys.stderr)
         return 130

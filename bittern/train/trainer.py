@@ -1,25 +1,26 @@
-"""The training loop: gradient accumulation, AdamW + schedule, clipping, eval, checkpoints.
+"""The training loop: accumulation, the recipe, the stability guard, monitoring, checkpoints.
 
-Every batch is a pure function of (seed, step, rank), and the schedule of the step, so a
-run restored from a checkpoint continues exactly where it stopped.
+Every batch is a pure function of (seed, batch index, rank) and every schedule a pure
+function of the step, so a run restored from a checkpoint continues exactly where it
+stopped. The batch index is the step plus `data_offset`, which a rollback advances to skip
+the batches that caused it.
 """
 
 from __future__ import annotations
 
 import math
-import random
+import sys
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bittern.checkpoint import (
-    latest_checkpoint,
+    list_checkpoints,
     load_train_state,
     load_weights,
     prepare_run_dir,
@@ -28,14 +29,30 @@ from bittern.checkpoint import (
     verify_checkpoint,
 )
 from bittern.config import Config, config_from_dict, to_toml
-from bittern.errors import BitternError
+from bittern.errors import BitternError, TrainingStopped
 from bittern.eval import evaluate
 from bittern.models import build_model
-from bittern.monitor import MetricsLogger, truncate_metrics
+from bittern.monitor import (
+    Alerts,
+    MetricsLogger,
+    TernaryHealth,
+    log_weight_histograms,
+    memory_stats,
+    mfu,
+    peak_flops,
+    report,
+    reset_peak,
+)
 from bittern.runtime import autocast, resolve_device, resolve_precision
+from bittern.train.clip import GradClipper, per_layer_grad_norms
 from bittern.train.data import open_dataset
-from bittern.train.optim import build_optimizer
-from bittern.train.schedule import lr_multiplier
+from bittern.train.guard import OK, ROLLBACK, PlateauWatch, StabilityGuard
+from bittern.train.optim import apply_lr_and_wd, build_optimizer
+from bittern.train.progressive import apply_quant_lambda, quant_lambda
+from bittern.train.rng import rng_state, seed_everything, set_rng_state
+from bittern.train.scaling import DynamicLossScaler, alpha_scale
+from bittern.train.schedule import lr_multiplier, weight_decay_at
+from bittern.train.signals import EXIT_GAVE_UP, EXIT_PREEMPTED, StopRequest
 
 
 @dataclass
@@ -47,26 +64,12 @@ class TrainResult:
     val_bits_per_byte: float | None
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state()[1].tolist()}
-    state["torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+@dataclass
+class StepOutcome:
+    loss: float
+    grad_norm: float
+    action: str  # ok | skip | rollback | overflow
+    reason: str = ""
 
 
 def _check_compatible(saved: Config, cfg: Config) -> None:
@@ -86,46 +89,38 @@ class Trainer:
     def __init__(
         self, cfg: Config, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True
     ) -> None:
-        self.out = Path(out)
-        self.progress = progress
+        self.out, self.progress, self.cfg = Path(out), progress, cfg
         resuming = prepare_run_dir(self.out, resume, overwrite)
-        saved_cfg = self.out / "config.toml"
-        self.cfg = cfg
         t = cfg.train
         self.device = resolve_device(t.device)
         self.precision = resolve_precision(t.precision, self.device)
         self.rank, self.world = 0, 1
         self.data = open_dataset(cfg.data, progress=progress)
         self._plan_batches()
-        tokenizer_dir = self.out / "tokenizer"
-        if resuming and tokenizer_dir.exists():
-            from bittern.data.tokenizer import load_tokenizer
-
-            self.data.check_tokenizer(load_tokenizer(tokenizer_dir).identity())
-        cfg.model = cfg.model.resolved(vocab_size=self.data.vocab_size)
-        if cfg.model.vocab_size < self.data.vocab_size:
-            raise BitternError(
-                f"model.vocab_size {cfg.model.vocab_size} is smaller than the "
-                f"tokenizer's {self.data.vocab_size}"
-            )
-        if resuming and saved_cfg.exists():
-            _check_compatible(config_from_dict(tomllib.loads(saved_cfg.read_text())), cfg)
-        if t.seq_len > cfg.model.max_seq_len:
-            raise BitternError(f"train.seq_len {t.seq_len} exceeds model.max_seq_len {cfg.model.max_seq_len}")
-        _seed_everything(t.seed)
+        self._resolve_model(resuming)
+        seed_everything(t.seed)
         self.model = build_model(cfg.model).to(self.device)
         self.forward = torch.compile(self.model) if t.compile else self.model
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.autocast = autocast(self.device, self.precision)
-        self.step = 0
-        self.tokens_seen = 0
-        self.resumed_from = self._restore() if resuming else None
+        self.scaler = DynamicLossScaler(cfg.loss_scale) if self.precision == "fp16" else None
+        self.clipper = GradClipper(cfg.clip)
+        self.guard = StabilityGuard(cfg.guard)
+        self.plateau = PlateauWatch(cfg.guard.plateau_patience)
+        self.alerts = Alerts(grad_norm_threshold=cfg.guard.alert_grad_norm)
+        self.health = TernaryHealth().attach(self.model)
+        self.peak_flops = peak_flops(self.device, cfg.log.peak_tflops)
+        self.step = self.tokens_seen = self.data_offset = 0
+        self.progressive_start, self.progressive_mode = 0, cfg.progressive.schedule
+        self.prev_grad_norm, self.quant_lambda = 0.0, None
+        self.resumed_from = self._restore_newest() if resuming else None
         self.config_toml = to_toml(cfg)
-        saved_cfg.write_text(self.config_toml)
-        if not tokenizer_dir.exists():
-            self.data.tokenizer().save(tokenizer_dir)
-        self.logger = MetricsLogger(self.out, tensorboard=cfg.log.tensorboard)
+        (self.out / "config.toml").write_text(self.config_toml)
+        if not (self.out / "tokenizer").exists():
+            self.data.tokenizer().save(self.out / "tokenizer")
+        self.logger = MetricsLogger(self.out, tensorboard=cfg.log.tensorboard, enabled=self.rank == 0)
 
+    # ---- setup -------------------------------------------------------------------------
     def _plan_batches(self) -> None:
         t = self.cfg.train
         if t.batch_size % self.world:
@@ -138,46 +133,158 @@ class Trainer:
             )
         self.per_rank, self.micro, self.accum = per_rank, micro, per_rank // micro
 
-    def _restore(self) -> Path | None:
-        """Load the newest committed checkpoint, if any; verify it first."""
-        ckpt = latest_checkpoint(self.out)
-        if ckpt is None:
-            return None
-        verify_checkpoint(ckpt)
+    def _resolve_model(self, resuming: bool) -> None:
+        """Fill the model config from preset and tokenizer; check it against a resumed run."""
+        cfg = self.cfg
+        if resuming and (self.out / "tokenizer").exists():
+            from bittern.data.tokenizer import load_tokenizer
+
+            self.data.check_tokenizer(load_tokenizer(self.out / "tokenizer").identity())
+        cfg.model = cfg.model.resolved(vocab_size=self.data.vocab_size)
+        if cfg.model.vocab_size < self.data.vocab_size:
+            raise BitternError(
+                f"model.vocab_size {cfg.model.vocab_size} is smaller than the "
+                f"tokenizer's {self.data.vocab_size}"
+            )
+        saved = self.out / "config.toml"
+        if resuming and saved.exists():
+            _check_compatible(config_from_dict(tomllib.loads(saved.read_text())), cfg)
+        if cfg.train.seq_len > cfg.model.max_seq_len:
+            raise BitternError(
+                f"train.seq_len {cfg.train.seq_len} exceeds model.max_seq_len {cfg.model.max_seq_len}"
+            )
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def _train_state(self) -> dict:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "data_offset": self.data_offset,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "clipper": self.clipper.state_dict(),
+            "guard": self.guard.state_dict(),
+            "plateau": self.plateau.state_dict(),
+            "progressive": {"start": self.progressive_start, "mode": self.progressive_mode},
+            "prev_grad_norm": self.prev_grad_norm,
+            "rng": rng_state(),
+        }
+
+    def _load(self, ckpt: Path) -> None:
+        """Restore model and every piece of training state from a verified checkpoint."""
         load_weights(ckpt, self.model)
         state = load_train_state(ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.clipper.load_state_dict(state["clipper"])
+        self.guard.load_state_dict(state["guard"])
+        self.plateau.load_state_dict(state["plateau"])
+        self.progressive_start = state["progressive"]["start"]
+        self.progressive_mode = state["progressive"]["mode"]
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        _set_rng_state(state["rng"])
-        truncate_metrics(self.out / "metrics.jsonl", self.step)
+        self.data_offset, self.prev_grad_norm = state["data_offset"], state["prev_grad_norm"]
+        self.quant_lambda = None
+        set_rng_state(state["rng"])
+
+    def _newest_valid(self) -> Path | None:
+        """The newest committed checkpoint that verifies; older ones only if checkpoint.fallback."""
+        for ckpt in reversed(list_checkpoints(self.out)):
+            try:
+                verify_checkpoint(ckpt)
+                return ckpt
+            except BitternError as e:
+                if not self.cfg.checkpoint.fallback:
+                    raise BitternError(f"{e} (pass --fallback to resume from an older checkpoint)") from None
+                print(f"bittern: skipping bad checkpoint: {e}", file=sys.stderr)
+        return None
+
+    def _restore_newest(self) -> Path | None:
+        ckpt = self._newest_valid()
+        if ckpt is not None:
+            self._load(ckpt)
+            from bittern.monitor import truncate_metrics
+
+            truncate_metrics(self.out / "metrics.jsonl", self.step)
         return ckpt
 
-    def _set_lr(self) -> float:
-        lr = self.cfg.optim.lr * lr_multiplier(self.step, self.cfg.train.steps, self.cfg.schedule)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+    def save(self) -> Path:
+        path = save_checkpoint(self.out, self.step, self.model, self._train_state(), self.config_toml)
+        prune_checkpoints(self.out, self.cfg.checkpoint.keep_last, protect=self.resumed_from)
+        return path
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimizer step over `accum` micro-batches; returns (mean loss, pre-clip grad norm)."""
-        t = self.cfg.train
+    def _rollback(self, reason: str) -> None:
+        """Back to the last good checkpoint with a lower LR, skipping the offending batches."""
+        bad_batch = self.step + self.data_offset
+        if not self.guard.begin_rollback():
+            raise TrainingStopped(
+                f"gave up after {self.cfg.guard.max_rollbacks} rollbacks: {reason}", EXIT_GAVE_UP
+            )
+        ckpt = self._newest_valid()
+        if ckpt is None:
+            raise TrainingStopped(f"no checkpoint to roll back to: {reason}", EXIT_GAVE_UP)
+        guard_state = self.guard.state_dict()
+        self._load(ckpt)
+        self.guard.load_state_dict(guard_state)  # the rollback count and LR factor persist
+        self.data_offset = bad_batch + 1 - self.step
+        message = f"rolled back to step {self.step} ({reason}); LR x{self.guard.lr_factor:g}"
+        report(self.step, [message], self.logger)
+
+    # ---- one step ----------------------------------------------------------------------
+    def _apply_schedules(self) -> tuple[float, float]:
+        c, total = self.cfg, self.cfg.train.steps
+        prog = replace(c.progressive, schedule=self.progressive_mode)
+        lam = quant_lambda(self.step, total, prog, self.progressive_start)
+        if lam != self.quant_lambda:
+            apply_quant_lambda(self.model, lam, c.progressive.activations)
+            self.quant_lambda = lam
+        lr = c.optim.lr * self.guard.lr_factor * lr_multiplier(self.step, total, c.schedule)
+        wd = weight_decay_at(self.step, total, c.schedule, c.optim.weight_decay)
+        apply_lr_and_wd(self.optimizer, lr, wd)
+        return lr, wd
+
+    def _forward_backward(self, alpha: float) -> torch.Tensor:
+        """Accumulate gradients over the micro-batches of this step; return the mean loss."""
+        t, g = self.cfg.train, self.cfg.guard
+        batch = self.step + self.data_offset
         total = torch.zeros((), device=self.device)
         for m in range(self.accum):
             start = self.rank * self.per_rank + m * self.micro
-            x, y = self.data.train_batch(t.seed, self.step, t.batch_size, t.seq_len, start, self.micro)
+            x, y = self.data.train_batch(t.seed, batch, t.batch_size, t.seq_len, start, self.micro)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.autocast:
                 logits = self.forward(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            (loss / self.accum).backward()
+            if batch == g.inject_nan_step:  # test-only fault injection
+                loss = loss * float("nan")
+            scaled = loss * (alpha / self.accum)
+            (self.scaler.scale_loss(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
-        max_norm = self.cfg.clip.max_norm if self.cfg.clip.mode == "norm" else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        self.optimizer.step()
+        return total / self.accum
+
+    def train_step(self, want_layer_norms: bool = False) -> StepOutcome:
+        """One optimizer step (or a judged skip); advances self.step either way."""
+        c = self.cfg
+        alpha = alpha_scale(self.prev_grad_norm, c.loss_scale) if c.loss_scale.alpha else 1.0
+        loss = self._forward_backward(alpha).item()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        finite = self.scaler.unscale_and_check(params) if self.scaler else True
+        grad_norm = float(self.clipper.clip(params)["grad_norm"])
+        self.layer_norms = per_layer_grad_norms(self.model) if want_layer_norms else {}
+        if self.scaler and not finite:
+            outcome = StepOutcome(loss, grad_norm, "overflow", "fp16 overflow")
+        else:
+            verdict = self.guard.judge(loss, math.isfinite(grad_norm))
+            outcome = StepOutcome(loss, grad_norm, verdict.action, verdict.reason)
+        if outcome.action == OK:
+            self.optimizer.step()
+            self.prev_grad_norm = grad_norm
         self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.update(finite)
         self.step += 1
-        self.tokens_seen += t.batch_size * t.seq_len
-        return (total / self.accum).item(), norm.item()
+        self.tokens_seen += c.train.batch_size * c.train.seq_len
+        return outcome
 
     def validate(self) -> dict[str, float]:
         t = self.cfg.train
@@ -185,68 +292,122 @@ class Trainer:
             self.forward, self.data, t.seq_len, self.micro, t.eval_batches or None, self.device, self.autocast
         )
 
-    def save(self) -> Path:
-        state = {
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "optimizer": self.optimizer.state_dict(),
-            "rng": _rng_state(),
-        }
-        path = save_checkpoint(self.out, self.step, self.model, state, self.config_toml)
-        prune_checkpoints(self.out, self.cfg.checkpoint.keep_last)
-        return path
+    # ---- the loop ----------------------------------------------------------------------
+    def _due(self, every: int, step: int) -> bool:
+        return every > 0 and step % every == 0
 
     def run(self, until: int | None = None) -> TrainResult:
         """Train to train.steps, or stop (with a checkpoint) once step `until` is done."""
-        t, c = self.cfg.train, self.cfg
+        t = self.cfg.train
         last = min(t.steps, until or t.steps)
         bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc="train", unit="step")
-        window_tokens, window_start, val = 0, time.perf_counter(), None
+        self.window = [0, time.perf_counter()]
+        val = None
         self.model.train()
         try:
-            while self.step < last:
-                lr = self._set_lr()
-                loss, grad_norm = self.train_step()
-                window_tokens += t.batch_size * t.seq_len
-                record = {}
-                if self.step % c.log.every == 0 or self.step == t.steps:
-                    elapsed = time.perf_counter() - window_start
-                    tok_s = window_tokens / max(elapsed, 1e-9)
-                    record = {
-                        "loss": loss,
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "tokens_per_sec": tok_s,
-                        "tokens_seen": self.tokens_seen,
-                    }
-                    window_tokens, window_start = 0, time.perf_counter()
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
-                if (t.eval_every and self.step % t.eval_every == 0) or self.step == t.steps:
-                    val = self.validate()
-                    record |= {
-                        "loss": loss,
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "val_loss": val["loss"],
-                        "val_perplexity": val["perplexity"],
-                        "val_bits_per_byte": val["bits_per_byte"],
-                    }
-                    bar.write(
-                        f"step {self.step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f}"
-                    )
-                if record:
-                    self.logger.log(self.step, record)
-                if (c.checkpoint.every and self.step % c.checkpoint.every == 0) or self.step == last:
-                    self.save()
-                bar.update(1)
-                if not math.isfinite(loss):
-                    raise BitternError(f"loss is {loss} at step {self.step}; stopping")
+            with StopRequest() as stop:
+                while self.step < last:
+                    val = self._iteration(bar) or val
+                    if stop.requested and self.step < last:
+                        self.save()
+                        raise TrainingStopped(
+                            f"stopped by signal {stop.signal} at step {self.step}; checkpoint saved, "
+                            "rerun with --resume to continue",
+                            EXIT_PREEMPTED,
+                        )
         finally:
             bar.close()
             self.logger.close()
+            self.health.detach()
         if val is None:
             val = self.validate()
         return TrainResult(self.out, self.step, val["loss"], val["perplexity"], val["bits_per_byte"])
+
+    def _iteration(self, bar) -> dict | None:
+        """One step plus whatever is due after it: logging, validation, checkpoint."""
+        t, c = self.cfg.train, self.cfg
+        nxt = self.step + 1
+        log_due = self._due(c.log.every, nxt) or nxt == t.steps
+        health_due = self._due(c.log.health_every or c.log.every, nxt)
+        if health_due:
+            self.health.arm()
+            self.health.set_baseline(self.model)
+        lr, wd = self._apply_schedules()
+        outcome = self.train_step(want_layer_norms=log_due)
+        self.window[0] += t.batch_size * t.seq_len
+        messages = self.alerts.check(self.step, outcome.loss, outcome.grad_norm)
+        if outcome.reason:
+            messages.append(f"{outcome.action}: {outcome.reason}")
+        if messages:
+            report(self.step, messages, self.logger)
+        if outcome.action == ROLLBACK:
+            self._rollback(outcome.reason)
+            bar.n = self.step
+            return None
+        record = self._log_record(outcome, lr, wd, health_due) if log_due else {}
+        val = None
+        if self._due(t.eval_every, self.step) or self.step == t.steps:
+            val = self.validate()
+            record |= {
+                "loss": outcome.loss,
+                "lr": lr,
+                "grad_norm": outcome.grad_norm,
+                "val_loss": val["loss"],
+                "val_perplexity": val["perplexity"],
+                "val_bits_per_byte": val["bits_per_byte"],
+            }
+            bar.write(f"step {self.step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f}")
+            self._check_plateau(val["loss"])
+        if self._due(c.log.histogram_every or 10 * c.log.every, self.step):
+            log_weight_histograms(self.logger, self.step, self.model)
+        if record:
+            self.logger.log(self.step, record)
+            bar.set_postfix(loss=f"{outcome.loss:.3f}", tok_s=f"{record.get('tokens_per_sec', 0):,.0f}")
+        if self._due(c.checkpoint.every, self.step) or self.step == t.steps:
+            self.save()
+        bar.update(1)
+        return val
+
+    def _log_record(self, outcome: StepOutcome, lr: float, wd: float, health_due: bool) -> dict:
+        elapsed = time.perf_counter() - self.window[1]
+        tok_s = self.window[0] / max(elapsed, 1e-9)
+        self.window = [0, time.perf_counter()]
+        record = {
+            "loss": outcome.loss,
+            "lr": lr,
+            "weight_decay": wd,
+            "grad_norm": outcome.grad_norm,
+            "loss_scale": self.scaler.scale if self.scaler else 1.0,
+            "quant_lambda": self.quant_lambda,
+            "tokens_per_sec": tok_s,
+            "tokens_seen": self.tokens_seen,
+            "skipped_steps": self.guard.skipped_total,
+            "rollbacks": self.guard.rollbacks,
+        }
+        if self.cfg.loss_scale.alpha:
+            record["alpha"] = alpha_scale(self.prev_grad_norm, self.cfg.loss_scale)
+        utilization = mfu(tok_s, self.model.flops_per_token(self.cfg.train.seq_len), self.peak_flops)
+        if utilization is not None:
+            record["mfu"] = utilization
+        record |= memory_stats(self.device)
+        reset_peak(self.device)
+        record |= {f"grad_norm/{k}": v for k, v in self.layer_norms.items()}
+        if health_due:
+            record |= self.health.snapshot(self.model)
+        return record
+
+    def _check_plateau(self, val_loss: float) -> None:
+        """After guard.plateau_patience evaluations without improvement, restart progressive λ."""
+        if self.plateau.update(val_loss) and self.progressive_start == 0:
+            self.progressive_start = self.step
+            self.progressive_mode = (
+                self.cfg.progressive.schedule if self.cfg.progressive.schedule != "none" else "linear"
+            )
+            report(
+                self.step,
+                [f"validation plateau: progressive quantization ({self.progressive_mode}) from here"],
+                self.logger,
+            )
 
 
 def train(
