@@ -215,7 +215,7 @@ class Trainer:
 
     def _rollback(self, reason: str) -> None:
         """Back to the last good checkpoint with a lower LR, skipping the offending batches."""
-        bad_batch = self.step + self.data_offset
+        bad_batch = self.step - 1 + self.data_offset  # train_step has already advanced the step
         if not self.guard.begin_rollback():
             raise TrainingStopped(
                 f"gave up after {self.cfg.guard.max_rollbacks} rollbacks: {reason}", EXIT_GAVE_UP
@@ -299,7 +299,7 @@ class Trainer:
     def run(self, until: int | None = None) -> TrainResult:
         """Train to train.steps, or stop (with a checkpoint) once step `until` is done."""
         t = self.cfg.train
-        last = min(t.steps, until or t.steps)
+        last = self.last_step = min(t.steps, until or t.steps)
         bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc="train", unit="step")
         self.window = [0, time.perf_counter()]
         val = None
@@ -363,7 +363,7 @@ class Trainer:
         if record:
             self.logger.log(self.step, record)
             bar.set_postfix(loss=f"{outcome.loss:.3f}", tok_s=f"{record.get('tokens_per_sec', 0):,.0f}")
-        if self._due(c.checkpoint.every, self.step) or self.step == t.steps:
+        if self._due(c.checkpoint.every, self.step) or self.step == self.last_step:
             self.save()
         bar.update(1)
         return val

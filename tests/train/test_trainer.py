@@ -52,7 +52,9 @@ def test_resume_is_bit_identical(tiny_config, tmp_path):
     """20 steps straight == 10 steps, stop, resume, 10 more: identical per-step losses and weights."""
     train(tiny_config(), tmp_path / "straight", progress=False)
     Trainer(tiny_config(checkpoint={"every": 0}), tmp_path / "split", progress=False).run(until=10)
-    train(tiny_config(), tmp_path / "split", resume=True, progress=False)
+    resumed = Trainer(tiny_config(), tmp_path / "split", resume=True, progress=False)
+    assert resumed.resumed_from.name == "step_00000010"
+    resumed.run()
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
     a, _ = bittern.load(tmp_path / "straight")
     b, _ = bittern.load(tmp_path / "split")
