@@ -103,3 +103,15 @@ def test_data_prepare_and_tokenizer_mismatch(capsys, corpus_folder, tmp_path, da
 
 def test_eval_missing_run(capsys, tmp_path):
     assert "no such run" in run_error(capsys, ["eval", str(tmp_path / "ghost")])
+
+
+def test_plot_writes_pngs(capsys, config_file, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--config", config_file, "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 0
+    written = capsys.readouterr().out.split()
+    names = {p.rsplit("/", 1)[-1] for p in written}
+    assert {"loss.png", "lr.png", "grad_norm.png", "zero_frac.png"} <= names
+    assert all((run / "plots" / n).stat().st_size > 1000 for n in names)
+    assert "metrics.jsonl" in run_error(capsys, ["plot", str(tmp_path)])
