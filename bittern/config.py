@@ -24,6 +24,7 @@ CLIP_MODES = ("norm", "value", "layer", "adaptive", "none")
 PROGRESSIVE = ("none", "linear", "stepped")
 SPIKE_ACTIONS = ("warn", "skip", "rollback")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INIT_STRATEGIES = ("random", "pretrained", "progressive", "layerwise")
 
 
 @dataclass
@@ -66,7 +67,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "cosine"  # cosine | linear | constant | two_stage
+    name: str = "two_stage"  # two_stage | cosine | linear | constant (benchmarks/RESULTS.md)
     warmup_frac: float = 0.1  # of train.steps, unless warmup_steps is set
     warmup_steps: int = -1
     min_lr_ratio: float = 0.1  # final LR as a fraction of the peak
@@ -121,6 +122,37 @@ class GuardConfig:
 
 
 @dataclass
+class InitConfig:
+    strategy: str = "random"  # random | pretrained | progressive | layerwise (the last three need --init)
+    progressive_steps: int = (
+        1000  # progressive: lambda 0 -> 1 over this many steps from the pretrained weights
+    )
+    layerwise_order: str = "bottom_up"  # layerwise: bottom_up | top_down
+    layerwise_group: int = 1  # layerwise: blocks quantized together
+    layerwise_interval: int = 100  # layerwise: steps between groups
+
+
+@dataclass
+class LossConfig:
+    distill: float = 0.0  # w: (1 - w) * CE + w * T^2 * KL(teacher || student); 0: off
+    temperature: float = 1.0  # T
+    teacher: str = ""  # run folder, Hugging Face folder or .gguf; "": the --init source
+    distill_hidden: float = 0.0  # weight of the per-layer hidden-state loss (0: off)
+    vocab_chunk: int = 8192  # distillation processes the vocabulary in chunks of this size
+    quant_reg: float = 0.0  # weight of the regularizer pulling latent weights toward {-g, 0, +g}
+    hard_token_ratio: float = 1.0  # keep the hardest fraction of token losses (1: all; 0.5 when on)
+    margin: float = 0.0  # weight of the auxiliary triplet margin loss (0: off)
+    margin_value: float = 0.3
+
+
+@dataclass
+class KernelsConfig:
+    enabled: bool = True  # fused Triton kernels on CUDA when available; false: the PyTorch reference
+    grad_input_int8: bool = False  # backward grad_input with row-wise int8 grad_output
+    grad_weight_int8: bool = False  # backward grad_weight on int8 tensor cores
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 200  # steps between checkpoints; the last step is always saved
     keep_last: int = 3  # 0 keeps them all; the one resumed from is never deleted
@@ -147,6 +179,9 @@ class Config:
     loss_scale: LossScaleConfig = field(default_factory=LossScaleConfig)
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -275,6 +310,13 @@ def validate(cfg: Config) -> None:
     _check(s.name in SCHEDULES, f"schedule.name must be one of {SCHEDULES}")
     _check(cfg.clip.mode in CLIP_MODES, f"clip.mode must be one of {CLIP_MODES}")
     _check(cfg.progressive.schedule in PROGRESSIVE, f"progressive.schedule must be one of {PROGRESSIVE}")
+    _check(cfg.init.strategy in INIT_STRATEGIES, f"init.strategy must be one of {INIT_STRATEGIES}")
+    _check(
+        cfg.init.layerwise_order in ("bottom_up", "top_down"), "init.layerwise_order: bottom_up or top_down"
+    )
+    _check(0 <= cfg.loss.distill <= 1, "loss.distill must be in [0, 1]")
+    _check(0 < cfg.loss.hard_token_ratio <= 1, "loss.hard_token_ratio must be in (0, 1]")
+    _check(cfg.loss.temperature > 0, "loss.temperature must be positive")
     _check(cfg.guard.spike_action in SPIKE_ACTIONS, f"guard.spike_action must be one of {SPIKE_ACTIONS}")
     _check(0 <= s.warmup_frac < 1, "schedule.warmup_frac must be in [0, 1)")
     _check(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio must be in [0, 1]")
