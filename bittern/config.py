@@ -118,7 +118,8 @@ class GuardConfig:
     max_rollbacks: int = 3  # then give up (exit code 3)
     plateau_patience: int = 0  # evaluations without improvement -> progressive fallback (0: off)
     alert_grad_norm: float = 10.0
-    inject_nan_step: int = -1  # test-only: make the loss NaN at this step
+    inject_nan_step: int = -1  # test-only: make the loss of this batch index NaN
+    inject_nan_rank: int = -1  # test-only: only on this rank (-1: every rank)
 
 
 @dataclass
@@ -153,6 +154,13 @@ class KernelsConfig:
 
 
 @dataclass
+class DistConfig:
+    mode: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard per block) when launched on several ranks
+    timeout: float = 300.0  # seconds a collective may wait before the process group fails
+    bucket_cap_mb: int = 25  # DDP gradient bucket size
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 200  # steps between checkpoints; the last step is always saved
     keep_last: int = 3  # 0 keeps them all; the one resumed from is never deleted
@@ -182,6 +190,7 @@ class Config:
     init: InitConfig = field(default_factory=InitConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     kernels: KernelsConfig = field(default_factory=KernelsConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -310,6 +319,8 @@ def validate(cfg: Config) -> None:
     _check(s.name in SCHEDULES, f"schedule.name must be one of {SCHEDULES}")
     _check(cfg.clip.mode in CLIP_MODES, f"clip.mode must be one of {CLIP_MODES}")
     _check(cfg.progressive.schedule in PROGRESSIVE, f"progressive.schedule must be one of {PROGRESSIVE}")
+    _check(cfg.dist.mode in ("ddp", "fsdp"), "dist.mode must be ddp or fsdp")
+    _check(cfg.dist.timeout > 0, "dist.timeout must be positive")
     _check(cfg.init.strategy in INIT_STRATEGIES, f"init.strategy must be one of {INIT_STRATEGIES}")
     _check(
         cfg.init.layerwise_order in ("bottom_up", "top_down"), "init.layerwise_order: bottom_up or top_down"

@@ -51,21 +51,34 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 def save_checkpoint(
     run_dir: Path, step: int, model: nn.Module, train_state: dict[str, Any], config_toml: str
 ) -> Path:
-    """Write checkpoint `step` atomically and return its folder."""
+    """Write checkpoint `step` (single process) atomically and return its folder."""
     final = checkpoint_dir(run_dir, step)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = fresh_tmp_dir(final, suffix=str(os.getpid()))
     save_model(model, str(tmp / MODEL_FILE))
     torch.save(train_state, tmp / STATE_FILE)
     (tmp / CONFIG_FILE).write_text(config_toml)
-    files = {name: sha256_file(tmp / name) for name in (MODEL_FILE, STATE_FILE, CONFIG_FILE)}
-    manifest = {"format_version": FORMAT_VERSION, "step": step, "sha256": files}
+    return commit(tmp, final, step)
+
+
+def fresh_tmp_dir(final: Path, suffix: str) -> Path:
+    """An empty temporary sibling of `final` (a leftover of a crashed save is cleared)."""
+    tmp = final.parent / f".tmp-{final.name}-{suffix}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit(tmp: Path, final: Path, step: int) -> Path:
+    """Manifest every file of `tmp`, fsync, rename to `final`, then write the commit marker."""
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    digests = {str(p.relative_to(tmp)): sha256_file(p) for p in files}
+    manifest = {"format_version": FORMAT_VERSION, "step": step, "sha256": digests}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    for name in (*files, MANIFEST):
-        _fsync(tmp / name)
-    _fsync(tmp)
+    for p in [*files, tmp / MANIFEST]:
+        _fsync(p)
+    for d in {p.parent for p in files} | {tmp}:
+        _fsync(d)
     if final.exists():  # an uncommitted leftover of a crashed save of the same step
         shutil.rmtree(final)
     tmp.rename(final)

@@ -8,6 +8,7 @@ the batches that caused it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -20,15 +21,24 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bittern.checkpoint import (
+    holds_run,
     list_checkpoints,
-    load_train_state,
-    load_weights,
     prepare_run_dir,
     prune_checkpoints,
-    save_checkpoint,
     verify_checkpoint,
 )
+from bittern.checkpoint.sharded import load_training, save_training
 from bittern.config import Config, config_from_dict, to_toml
+from bittern.distributed import (
+    any_across_ranks,
+    barrier,
+    init_distributed,
+    local_device,
+    mean_across_ranks,
+    parallelize,
+    set_gradient_sync,
+    shutdown,
+)
 from bittern.errors import BitternError, TrainingStopped
 from bittern.eval import evaluate
 from bittern.models import build_model
@@ -42,6 +52,7 @@ from bittern.monitor import (
     peak_flops,
     report,
     reset_peak,
+    truncate_metrics,
 )
 from bittern.runtime import autocast, resolve_device, resolve_precision
 from bittern.train.clip import GradClipper, per_layer_grad_norms
@@ -89,18 +100,26 @@ class Trainer:
     def __init__(
         self, cfg: Config, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True
     ) -> None:
-        self.out, self.progress, self.cfg = Path(out), progress, cfg
-        resuming = prepare_run_dir(self.out, resume, overwrite)
+        self.out, self.cfg = Path(out), cfg
         t = cfg.train
-        self.device = resolve_device(t.device)
+        base_device = resolve_device(t.device)
+        self.dist = init_distributed(base_device, cfg.dist.timeout)
+        self.device = local_device(base_device, self.dist)
+        self.rank, self.world, self.is_main = self.dist.rank, self.dist.world, self.dist.is_main
+        self.progress = progress and self.is_main
+        resuming = self._prepare_folder(resume, overwrite)
         self.precision = resolve_precision(t.precision, self.device)
-        self.rank, self.world = 0, 1
-        self.data = open_dataset(cfg.data, progress=progress)
+        self.data = self._open_data()
         self._plan_batches()
         self._resolve_model(resuming)
         seed_everything(t.seed)
         self.model = build_model(cfg.model).to(self.device)
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.fsdp = self.dist.enabled and cfg.dist.mode == "fsdp"
+        param_dtype = torch.bfloat16 if self.precision == "bf16" else None
+        self.wrapped = parallelize(
+            self.model, cfg.dist.mode, self.dist, self.device, cfg.dist.bucket_cap_mb, param_dtype
+        )
+        self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.autocast = autocast(self.device, self.precision)
         self.scaler = DynamicLossScaler(cfg.loss_scale) if self.precision == "fp16" else None
@@ -108,17 +127,30 @@ class Trainer:
         self.guard = StabilityGuard(cfg.guard)
         self.plateau = PlateauWatch(cfg.guard.plateau_patience)
         self.alerts = Alerts(grad_norm_threshold=cfg.guard.alert_grad_norm)
-        self.health = TernaryHealth().attach(self.model)
+        self.health = None if self.fsdp else TernaryHealth().attach(self.model)
         self.peak_flops = peak_flops(self.device, cfg.log.peak_tflops)
         self.step = self.tokens_seen = self.data_offset = 0
         self.progressive_start, self.progressive_mode = 0, cfg.progressive.schedule
         self.prev_grad_norm, self.quant_lambda = 0.0, None
         self.resumed_from = self._restore_newest() if resuming else None
         self.config_toml = to_toml(cfg)
-        (self.out / "config.toml").write_text(self.config_toml)
-        if not (self.out / "tokenizer").exists():
-            self.data.tokenizer().save(self.out / "tokenizer")
-        self.logger = MetricsLogger(self.out, tensorboard=cfg.log.tensorboard, enabled=self.rank == 0)
+        if self.is_main:
+            (self.out / "config.toml").write_text(self.config_toml)
+            if not (self.out / "tokenizer").exists():
+                self.data.tokenizer().save(self.out / "tokenizer")
+        self.logger = MetricsLogger(self.out, tensorboard=cfg.log.tensorboard, enabled=self.is_main)
+
+    def _prepare_folder(self, resume: bool, overwrite: bool) -> bool:
+        """Rank 0 checks and prepares the run folder; the others follow once it is done."""
+        resuming = prepare_run_dir(self.out, resume, overwrite) if self.is_main else False
+        barrier(self.dist)
+        return resuming if self.is_main else resume and holds_run(self.out)
+
+    def _open_data(self):
+        """Rank 0 prepares a built-in corpus first, so the others only read it."""
+        data = open_dataset(self.cfg.data, progress=self.progress) if self.is_main else None
+        barrier(self.dist)
+        return data or open_dataset(self.cfg.data, progress=False)
 
     # ---- setup -------------------------------------------------------------------------
     def _plan_batches(self) -> None:
@@ -160,21 +192,17 @@ class Trainer:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "data_offset": self.data_offset,
-            "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "clipper": self.clipper.state_dict(),
             "guard": self.guard.state_dict(),
             "plateau": self.plateau.state_dict(),
             "progressive": {"start": self.progressive_start, "mode": self.progressive_mode},
             "prev_grad_norm": self.prev_grad_norm,
-            "rng": rng_state(),
         }
 
     def _load(self, ckpt: Path) -> None:
         """Restore model and every piece of training state from a verified checkpoint."""
-        load_weights(ckpt, self.model)
-        state = load_train_state(ckpt)
-        self.optimizer.load_state_dict(state["optimizer"])
+        state, rng = load_training(ckpt, self.wrapped, self.model, self.optimizer, self.dist)
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.clipper.load_state_dict(state["clipper"])
@@ -185,7 +213,8 @@ class Trainer:
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.data_offset, self.prev_grad_norm = state["data_offset"], state["prev_grad_norm"]
         self.quant_lambda = None
-        set_rng_state(state["rng"])
+        if rng is not None:
+            set_rng_state(rng)
 
     def _newest_valid(self) -> Path | None:
         """The newest committed checkpoint that verifies; older ones only if checkpoint.fallback."""
@@ -203,14 +232,24 @@ class Trainer:
         ckpt = self._newest_valid()
         if ckpt is not None:
             self._load(ckpt)
-            from bittern.monitor import truncate_metrics
-
-            truncate_metrics(self.out / "metrics.jsonl", self.step)
+            if self.is_main:
+                truncate_metrics(self.out / "metrics.jsonl", self.step)
         return ckpt
 
     def save(self) -> Path:
-        path = save_checkpoint(self.out, self.step, self.model, self._train_state(), self.config_toml)
-        prune_checkpoints(self.out, self.cfg.checkpoint.keep_last, protect=self.resumed_from)
+        path = save_training(
+            self.out,
+            self.step,
+            self.wrapped,
+            self.model,
+            self.optimizer,
+            self._train_state(),
+            rng_state(),
+            self.config_toml,
+            self.dist,
+        )
+        if self.is_main:
+            prune_checkpoints(self.out, self.cfg.checkpoint.keep_last, protect=self.resumed_from)
         return path
 
     def _rollback(self, reason: str) -> None:
@@ -228,7 +267,7 @@ class Trainer:
         self.guard.load_state_dict(guard_state)  # the rollback count and LR factor persist
         self.data_offset = bad_batch + 1 - self.step
         message = f"rolled back to step {self.step} ({reason}); LR x{self.guard.lr_factor:g}"
-        report(self.step, [message], self.logger)
+        self._report([message])
 
     # ---- one step ----------------------------------------------------------------------
     def _apply_schedules(self) -> tuple[float, float]:
@@ -249,18 +288,29 @@ class Trainer:
         batch = self.step + self.data_offset
         total = torch.zeros((), device=self.device)
         for m in range(self.accum):
+            last = m == self.accum - 1
             start = self.rank * self.per_rank + m * self.micro
             x, y = self.data.train_batch(t.seed, batch, t.batch_size, t.seq_len, start, self.micro)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast:
-                logits = self.forward(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            if batch == g.inject_nan_step:  # test-only fault injection
-                loss = loss * float("nan")
-            scaled = loss * (alpha / self.accum)
-            (self.scaler.scale_loss(scaled) if self.scaler else scaled).backward()
+            with self._gradient_sync(last):
+                with self.autocast:
+                    logits = self.forward(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                if batch == g.inject_nan_step and g.inject_nan_rank in (-1, self.rank):
+                    loss = loss * float("nan")  # test-only fault injection
+                scaled = loss * (alpha / self.accum)
+                (self.scaler.scale_loss(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
-        return total / self.accum
+        return mean_across_ranks(total / self.accum, self.dist)
+
+    def _gradient_sync(self, last: bool):
+        """DDP's no_sync (FSDP2: requires_gradient_sync) on all but the last micro-batch."""
+        if not self.dist.enabled:
+            return contextlib.nullcontext()
+        if self.fsdp:
+            set_gradient_sync(self.wrapped, "fsdp", last)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if last else self.wrapped.no_sync()
 
     def train_step(self, want_layer_norms: bool = False) -> StepOutcome:
         """One optimizer step (or a judged skip); advances self.step either way."""
@@ -269,8 +319,9 @@ class Trainer:
         loss = self._forward_backward(alpha).item()
         params = [p for p in self.model.parameters() if p.grad is not None]
         finite = self.scaler.unscale_and_check(params) if self.scaler else True
+        finite = not any_across_ranks(not finite, self.device, self.dist)
         grad_norm = float(self.clipper.clip(params)["grad_norm"])
-        self.layer_norms = per_layer_grad_norms(self.model) if want_layer_norms else {}
+        self.layer_norms = per_layer_grad_norms(self.model) if want_layer_norms and not self.fsdp else {}
         if self.scaler and not finite:
             outcome = StepOutcome(loss, grad_norm, "overflow", "fp16 overflow")
         else:
@@ -308,17 +359,19 @@ class Trainer:
             with StopRequest() as stop:
                 while self.step < last:
                     val = self._iteration(bar) or val
-                    if stop.requested and self.step < last:
+                    stopping = any_across_ranks(stop.requested, self.device, self.dist)
+                    if stopping and self.step < last:
                         self.save()
                         raise TrainingStopped(
-                            f"stopped by signal {stop.signal} at step {self.step}; checkpoint saved, "
-                            "rerun with --resume to continue",
+                            f"stopped by signal {stop.signal or 'on another rank'} at step {self.step}; "
+                            "checkpoint saved, rerun with --resume to continue",
                             EXIT_PREEMPTED,
                         )
         finally:
             bar.close()
             self.logger.close()
-            self.health.detach()
+            if self.health:
+                self.health.detach()
         if val is None:
             val = self.validate()
         return TrainResult(self.out, self.step, val["loss"], val["perplexity"], val["bits_per_byte"])
@@ -329,6 +382,7 @@ class Trainer:
         nxt = self.step + 1
         log_due = self._due(c.log.every, nxt) or nxt == t.steps
         health_due = self._due(c.log.health_every or c.log.every, nxt)
+        health_due = health_due and self.health is not None
         if health_due:
             self.health.arm()
             self.health.set_baseline(self.model)
@@ -339,7 +393,7 @@ class Trainer:
         if outcome.reason:
             messages.append(f"{outcome.action}: {outcome.reason}")
         if messages:
-            report(self.step, messages, self.logger)
+            self._report(messages)
         if outcome.action == ROLLBACK:
             self._rollback(outcome.reason)
             bar.n = self.step
@@ -356,9 +410,10 @@ class Trainer:
                 "val_perplexity": val["perplexity"],
                 "val_bits_per_byte": val["bits_per_byte"],
             }
-            bar.write(f"step {self.step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f}")
+            if self.is_main:
+                bar.write(f"step {self.step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f}")
             self._check_plateau(val["loss"])
-        if self._due(c.log.histogram_every or 10 * c.log.every, self.step):
+        if self.health and self._due(c.log.histogram_every or 10 * c.log.every, self.step):
             log_weight_histograms(self.logger, self.step, self.model)
         if record:
             self.logger.log(self.step, record)
@@ -403,15 +458,21 @@ class Trainer:
             self.progressive_mode = (
                 self.cfg.progressive.schedule if self.cfg.progressive.schedule != "none" else "linear"
             )
-            report(
-                self.step,
-                [f"validation plateau: progressive quantization ({self.progressive_mode}) from here"],
-                self.logger,
+            self._report(
+                [f"validation plateau: progressive quantization ({self.progressive_mode}) from here"]
             )
+
+    def _report(self, messages: list[str]) -> None:
+        if self.is_main:
+            report(self.step, messages, self.logger)
 
 
 def train(
     cfg: Config, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True
 ) -> TrainResult:
     """Train `cfg` into run folder `out` and return the final validation figures."""
-    return Trainer(cfg, out, resume=resume, overwrite=overwrite, progress=progress).run()
+    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        shutdown(trainer.dist)
