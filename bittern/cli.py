@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -13,8 +14,11 @@ EXIT_ERROR = 2
 
 def _train(args: argparse.Namespace, extra: list[str]) -> None:
     from bittern.config import load_config, parse_overrides
+    from bittern.distributed import launched_by_torchrun
     from bittern.train import train
 
+    if args.nproc > 1 and not launched_by_torchrun():
+        _launch_torchrun(args.nproc)
     out = Path(args.out or f"runs/{Path(args.config).stem if args.config else 'shakespeare-tiny'}")
     config = args.config
     if config is None and args.resume and (out / "config.toml").exists():
@@ -23,6 +27,8 @@ def _train(args: argparse.Namespace, extra: list[str]) -> None:
     if args.fallback:
         cfg.checkpoint.fallback = True
     result = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if not result.is_main:
+        return
     from bittern.eval import unigram_loss
     from bittern.train.data import open_dataset
 
@@ -32,6 +38,29 @@ def _train(args: argparse.Namespace, extra: list[str]) -> None:
         f"validation loss {result.val_loss:.4f} | perplexity {result.val_perplexity:.2f} | "
         f"bits/byte {result.val_bits_per_byte:.3f} (unigram baseline loss {baseline:.4f})"
     )
+
+
+def _launch_torchrun(nproc: int) -> None:
+    """Re-run this very command under torchrun with `nproc` processes on this host (never returns)."""
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--nproc":
+            del argv[i : i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del argv[i]
+            break
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "bittern",
+        *argv,
+    ]
+    os.execv(sys.executable, cmd)
 
 
 def _eval(args: argparse.Namespace, extra: list[str]) -> None:
@@ -81,6 +110,19 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> None:
     print(f"prepared {out}")
 
 
+def _export(args: argparse.Namespace, extra: list[str]) -> None:
+    from bittern.export import export_run
+
+    print(export_run(args.run, args.out, args.format, args.gguf_type).summary())
+
+
+def _convert(args: argparse.Namespace, extra: list[str]) -> None:
+    from bittern.convert import convert_checkpoint
+
+    out = convert_checkpoint(args.source, args.out, quant=args.quant, overwrite=args.overwrite)
+    print(f"converted {args.source} -> {out} (model.quant = {args.quant})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bittern", description="Train 1.58-bit language models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -98,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="on --resume, skip a corrupt newest checkpoint for an older one",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument(
+        "--nproc", type=int, default=1, help="processes (GPUs) on this host, launched with torchrun"
+    )
     t.set_defaults(func=_train, allow_extra=True)
 
     e = sub.add_parser("eval", help="validation perplexity and bits/byte of runs or checkpoints")
@@ -122,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run", help="run folder")
     pl.add_argument("--out", help="folder for the PNGs (default: RUN/plots)")
     pl.set_defaults(func=_plot)
+
+    x = sub.add_parser("export", help="write a run as a packed checkpoint, a transformers folder or GGUF")
+    x.add_argument("run", help="run folder or checkpoint folder")
+    x.add_argument("--format", required=True, choices=["packed", "packed-base3", "hf", "gguf"])
+    x.add_argument("--out", required=True, help="folder (packed, hf) or .gguf file to create; must not exist")
+    x.add_argument("--gguf-type", default="TQ2_0", choices=["TQ2_0", "TQ1_0"], help="ternary GGUF type")
+    x.set_defaults(func=_export)
+
+    cv = sub.add_parser("convert", help="import a Hugging Face folder or .gguf file as a run at step 0")
+    cv.add_argument("source", help="local Hugging Face folder or .gguf file (llama, mistral, qwen2, smollm)")
+    cv.add_argument("--out", required=True, help="run folder to create")
+    cv.add_argument("--quant", default="ternary", choices=["ternary", "none"], help="model.quant of the run")
+    cv.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    cv.set_defaults(func=_convert)
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)

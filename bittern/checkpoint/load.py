@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bittern.checkpoint.store import CONFIG_FILE, latest_checkpoint, load_weights, verify_checkpoint
+from bittern.checkpoint.sharded import load_model_weights
+from bittern.checkpoint.store import CONFIG_FILE, latest_checkpoint, verify_checkpoint
 from bittern.config import Config, config_from_dict
 from bittern.data.tokenizer import Tokenizer, load_tokenizer
 from bittern.errors import BitternError
@@ -43,7 +44,7 @@ def load_model_and_tokenizer(
     verify_checkpoint(ckpt)
     cfg = load_run_config(ckpt)
     model = build_model(cfg.model)
-    load_weights(ckpt, model)
+    load_model_weights(ckpt, model)
     model.to(device).eval()
     tok_dir = run / "tokenizer"
     if not tok_dir.is_dir():

@@ -73,6 +73,7 @@ class TrainResult:
     val_loss: float | None
     val_perplexity: float | None
     val_bits_per_byte: float | None
+    is_main: bool = True
 
 
 @dataclass
@@ -374,7 +375,9 @@ class Trainer:
                 self.health.detach()
         if val is None:
             val = self.validate()
-        return TrainResult(self.out, self.step, val["loss"], val["perplexity"], val["bits_per_byte"])
+        return TrainResult(
+            self.out, self.step, val["loss"], val["perplexity"], val["bits_per_byte"], self.is_main
+        )
 
     def _iteration(self, bar) -> dict | None:
         """One step plus whatever is due after it: logging, validation, checkpoint."""

@@ -1,0 +1,168 @@
+"""Data parallelism on 2 CPU processes (gloo) against the single-process run it must equal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import bittern
+from bittern.checkpoint import latest_checkpoint
+from bittern.checkpoint.sharded import is_sharded
+from bittern.monitor import read_metrics
+from bittern.train import Trainer, train
+from tests.cli.test_cli import write_config
+from tests.conftest import tiny_config_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+# A rank that kills itself (SIGKILL) in the middle of step 12.
+KILLER = """
+import os, signal, sys
+from bittern.cli import main
+from bittern.train.trainer import Trainer
+real_step = Trainer.train_step
+def step(self, *a, **k):
+    if self.step == 11 and self.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_step(self, *a, **k)
+Trainer.train_step = step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
+
+
+def torchrun(args: list[str], script: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    target = ["-m", "bittern"] if script is None else [script]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *target,
+        *args,
+    ]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def config(dataset, tmp_path):
+    """Function (**sections) -> a TOML config path for a 20-step tiny run, fp32 on the CPU."""
+
+    def make(**sections):
+        sections.setdefault("train", {}).setdefault("device", "cpu")
+        path = tmp_path / f"c{len(list(tmp_path.glob('c*.toml')))}.toml"
+        return write_config(path, tiny_config_dict(dataset, **sections))
+
+    return make
+
+
+def assert_same_losses(a: dict[int, float], b: dict[int, float]) -> None:
+    assert a.keys() == b.keys()
+    for step in a:
+        if a[step] == "nan" or b[step] == "nan":  # metrics.jsonl spells NaN as a string
+            assert a[step] == b[step]
+        else:
+            assert a[step] == pytest.approx(b[step], abs=1e-6, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_data_parallel_equals_single_process(mode, tiny_config, config, tmp_path):
+    cfg = {"train": {"micro_batch_size": 2}, "dist": {"mode": mode}}  # 2 micro-batches per rank
+    single = tmp_path / "single"
+    train(tiny_config(**cfg), single, progress=False)
+    proc = torchrun(["train", "--config", config(**cfg), "--out", str(tmp_path / "two"), "--quiet"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_losses(losses(tmp_path / "two"), losses(single))
+    ckpt = latest_checkpoint(tmp_path / "two")
+    assert is_sharded(ckpt)  # written by torch.distributed.checkpoint on 2 ranks
+    two, _ = bittern.load(tmp_path / "two")  # ... and read back on 1
+    one, _ = bittern.load(single)
+    for (name, p), q in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
+        # the same run up to float summation order (gradient all-reduce), not bit for bit
+        torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-4, msg=name)
+
+
+# Each rank writes the weights it holds right after restoring a checkpoint (or at the end).
+DUMPER = """
+import faulthandler; faulthandler.dump_traceback_later(150, exit=True)
+import sys
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from bittern.cli import main
+from bittern.train.trainer import Trainer
+real_init = Trainer.__init__
+def init(self, *a, **k):
+    real_init(self, *a, **k)
+    sd = get_model_state_dict(self.wrapped, options=StateDictOptions(full_state_dict=True))
+    torch.save({k: v.clone() for k, v in sd.items()}, str(self.out / f"restored_rank{self.rank}.pt"))
+Trainer.__init__ = init
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_checkpoints_reshard_two_to_one_and_one_to_two(mode, tiny_config, config, tmp_path):
+    cfg = config(checkpoint={"every": 10}, dist={"mode": mode})
+    dumper = tmp_path / "dumper.py"
+    dumper.write_text(DUMPER)
+    # saved by 1 process (single file), restored on 2 ranks: every rank holds exactly the saved weights
+    run = tmp_path / "run"
+    Trainer(tiny_config(checkpoint={"every": 0}), run, progress=False).run(until=10)
+    saved, _ = bittern.load(run)
+    proc = torchrun(["train", "--config", cfg, "--out", str(run), "--resume", "--quiet"], script=str(dumper))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        restored = torch.load(run / f"restored_rank{rank}.pt")
+        for name, tensor in saved.state_dict().items():
+            assert torch.equal(restored[name], tensor), (rank, name)
+    # saved by 2 ranks (DCP) at step 20, restored in 1 process: the same weights as read back at 2
+    assert is_sharded(latest_checkpoint(run))
+    proc = torchrun(["train", "--config", cfg, "--out", str(run), "--resume", "--quiet"], script=str(dumper))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    at_two = torch.load(run / "restored_rank0.pt")
+    at_one, _ = bittern.load(run)
+    for name, tensor in at_one.state_dict().items():
+        assert torch.equal(at_two[name], tensor), name
+    resumed = Trainer(
+        tiny_config(train={"steps": 24}, checkpoint={"every": 10}), run, resume=True, progress=False
+    )
+    assert resumed.step == 20
+    resumed.run()
+    assert max(losses(run)) == 24
+
+
+def test_nan_on_one_rank_skips_on_both(tiny_config, config, tmp_path):
+    single = tmp_path / "single"
+    train(tiny_config(guard={"inject_nan_step": 5}), single, progress=False)
+    cfg = config(guard={"inject_nan_step": 5, "inject_nan_rank": 1})
+    proc = torchrun(["train", "--config", cfg, "--out", str(tmp_path / "two"), "--quiet"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = losses(tmp_path / "two")
+    assert two[6] == "nan"  # the global loss of step 6 is NaN on every rank ...
+    assert_same_losses(two, losses(single))  # ... and both ranks skipped it exactly as one process does
+
+
+def test_killed_rank_stops_the_other_and_relaunch_resumes(config, tmp_path):
+    cfg = config(checkpoint={"every": 5}, dist={"timeout": 60})
+    straight = tmp_path / "straight"
+    assert torchrun(["train", "--config", cfg, "--out", str(straight), "--quiet"]).returncode == 0
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    run = tmp_path / "run"
+    start = time.monotonic()
+    proc = torchrun(["train", "--config", cfg, "--out", str(run), "--resume", "--quiet"], script=str(killer))
+    assert proc.returncode != 0 and time.monotonic() - start < 120
+    assert latest_checkpoint(run).name == "step_00000010"
+    proc = torchrun(["train", "--config", cfg, "--out", str(run), "--resume", "--quiet"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(run) == losses(straight)  # bit for bit: DCP restores everything
