@@ -9,6 +9,7 @@ the batches that caused it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import sys
 import time
@@ -465,6 +466,12 @@ class Trainer:
                 [f"validation plateau: progressive quantization ({self.progressive_mode}) from here"]
             )
 
+    def close(self) -> None:
+        """Drop the DDP/FSDP wrapper before its process group: the other order can hang in gloo."""
+        self.forward = self.wrapped = None
+        gc.collect()
+        shutdown(self.dist)
+
     def _report(self, messages: list[str]) -> None:
         if self.is_main:
             report(self.step, messages, self.logger)
@@ -478,4 +485,4 @@ def train(
     try:
         return trainer.run()
     finally:
-        shutdown(trainer.dist)
+        trainer.close()
