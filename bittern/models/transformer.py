@@ -181,16 +181,25 @@ class Transformer(nn.Module):
         ]
 
     def forward(
-        self, input_ids: torch.Tensor, cache: list[KVCache] | None = None, start: int = 0
-    ) -> torch.Tensor:
+        self,
+        input_ids: torch.Tensor,
+        cache: list[KVCache] | None = None,
+        start: int = 0,
+        return_hidden: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (B, T, vocab); with return_hidden, (logits, [output of each block]) for distillation."""
         T = input_ids.shape[1]
         if start + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + T} exceeds max_seq_len {self.config.max_seq_len}")
         cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         x = self.embed_tokens(input_ids)
+        hidden = []
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, None if cache is None else cache[i], start)
-        return self.lm_head(self.norm(x))
+            if return_hidden:
+                hidden.append(x)
+        logits = self.lm_head(self.norm(x))
+        return (logits, hidden) if return_hidden else logits
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; without the embedding table by default (as for FLOP counts)."""

@@ -1,0 +1,83 @@
+"""What every exporter shares: loading the run, finding ternary layers, writing the output atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bittern.data.tokenizer import Tokenizer
+from bittern.errors import BitternError
+from bittern.models import Transformer
+
+
+@dataclass
+class ExportResult:
+    """Where an export went and how many bits each quantized weight costs in it."""
+
+    path: Path
+    quantized_params: int
+    total_params: int
+    bytes: int
+
+    @property
+    def bits_per_param(self) -> float:
+        """File bytes * 8 over every parameter of the model (embeddings and head included)."""
+        return 8 * self.bytes / max(1, self.total_params)
+
+    def summary(self) -> str:
+        return (
+            f"{self.path}: {self.bytes / 2**20:.2f} MiB, {self.total_params:,} parameters "
+            f"({self.quantized_params:,} ternary), {self.bits_per_param:.2f} bits/parameter"
+        )
+
+
+def load_run(run: str | Path) -> tuple[Transformer, Tokenizer]:
+    """bittern.load on CPU in float32, checking it is a bittern Transformer."""
+    import bittern
+
+    model, tokenizer = bittern.load(run, device="cpu")
+    if not isinstance(model, Transformer):
+        raise BitternError(f"{run} does not hold a bittern Transformer")
+    return model.float(), tokenizer
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+@contextmanager
+def staged_output(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `out`, renamed to `out` only if the block succeeds."""
+    out = Path(out)
+    if out.exists():
+        raise BitternError(f"output path already exists: {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+@contextmanager
+def staged_file(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary file path beside `out`, renamed to `out` only if the block succeeds."""
+    out = Path(out)
+    if out.exists():
+        raise BitternError(f"output path already exists: {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.rename(out)
+    finally:
+        tmp.unlink(missing_ok=True)
