@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bittern.kernels.dispatch import fast_forward, use_fast_path
 from bittern.nn.norm import RMSNorm
 from bittern.quant.core import GRANULARITIES
 from bittern.quant.ste import STE_FORMS, fake_quant_activations, fake_quant_weight
@@ -86,6 +87,8 @@ class BitLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.quantized:
             return F.linear(x, self.weight, self.bias)
+        if use_fast_path(self, x):  # fused Triton kernels on CUDA (bittern.kernels.dispatch says when)
+            return fast_forward(self, x)
         if self.norm is not None:
             x = self.norm(x)
         xq = fake_quant_activations(x, self.act_lambda, self.options.ste)

@@ -42,6 +42,7 @@ from bittern.distributed import (
 )
 from bittern.errors import BitternError, TrainingStopped
 from bittern.eval import evaluate
+from bittern.kernels import configure as configure_kernels
 from bittern.models import build_model
 from bittern.monitor import (
     Alerts,
@@ -116,6 +117,7 @@ class Trainer:
         self._resolve_model(resuming)
         seed_everything(t.seed)
         self.model = build_model(cfg.model).to(self.device)
+        configure_kernels(self.model, cfg.kernels)
         self.fsdp = self.dist.enabled and cfg.dist.mode == "fsdp"
         param_dtype = torch.bfloat16 if self.precision == "bf16" else None
         self.wrapped = parallelize(
@@ -278,6 +280,7 @@ class Trainer:
         lam = quant_lambda(self.step, total, prog, self.progressive_start)
         if lam != self.quant_lambda:
             apply_quant_lambda(self.model, lam, c.progressive.activations)
+            configure_kernels(self.model, c.kernels)  # the fused path runs only at lambda 1
             self.quant_lambda = lam
         lr = c.optim.lr * self.guard.lr_factor * lr_multiplier(self.step, total, c.schedule)
         wd = weight_decay_at(self.step, total, c.schedule, c.optim.weight_decay)

@@ -1,0 +1,152 @@
+"""When BitLinear takes the fused-kernel path, and the switch the trainer turns (`configure`).
+
+The fast path computes exactly the reference layer at lambda = 1 (fully quantized), per-tensor
+or per-channel weight scale, on a CUDA device with Triton; everything else (the CPU, per-group
+scales, progressive-quantization blends, `kernels.enabled = false`) takes the reference path.
+
+Whether lambda is 1 lives on the device (the `weight_lambda` / `act_lambda` buffers). Eager
+calls read it on the host only when a buffer's version counter has moved since the last read
+(one synchronization per change of lambda). A compiled model cannot do that inside its graph,
+so it uses the answer `configure` recorded: call `configure` again after changing lambda on a
+compiled model (the kernels refuse, with an error, to run on a lambda that is not 1).
+
+This module imports neither Triton nor the kernels; `fast_forward` imports them on first use.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+
+OPTIONS_ATTR = "_bittern_kernels"  # KernelOptions set on a BitLinear by `configure`
+LAMBDA_ATTR = "_bittern_lambda_is_one"  # host-side record of "both lambdas are 1"
+FAST_GRANULARITIES = ("tensor", "channel")
+MAX_IN_FEATURES = 32768  # the fused norm kernel holds one row in registers
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FAST_DEVICE_TYPES = ("cuda",)  # tests add "cpu" to run the path under Triton's interpreter
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """Per-layer switch of the fused kernels (`kernels.*` in the run config)."""
+
+    enabled: bool = True
+    grad_input_int8: bool = False  # grad_input on int8 tensor cores (row-wise int8 grad_output)
+    grad_weight_int8: bool = False  # grad_weight on int8 tensor cores (column-wise int8 grad_output)
+
+
+DEFAULT_OPTIONS = KernelOptions()
+_available: bool | None = None
+
+
+def fast_path_available() -> bool:
+    """Triton is installed, a CUDA GPU with int8 tensor cores (sm_80+) is there, not interpreting."""
+    global _available
+    if _available is None:
+        _available = False
+        if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0):
+            try:
+                import triton
+
+                if not triton.knobs.runtime.interpret:
+                    from bittern.kernels import function  # noqa: F401  (registers the custom ops)
+
+                    _available = True
+            except ImportError:
+                pass
+            except Exception as e:  # a Triton or torch version the kernels do not load on
+                warnings.warn(f"bittern.kernels unavailable, using the reference path: {e!r}", stacklevel=2)
+    return _available
+
+
+class HostScalars:
+    """Host copies of device scalars, re-read only when the tensor's version counter moves."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[StorageWeakRef, int, int, float]] = {}
+
+    def value(self, t: torch.Tensor) -> float:
+        """float(t) for a one-element tensor, synchronizing only on the first read after a write."""
+        storage = t.untyped_storage()
+        key = storage._cdata
+        seen = self._seen.get(key)
+        if seen is None or seen[0].expired() or seen[1] != t._version or seen[2] != t.storage_offset():
+            if len(self._seen) > 4096:
+                self._seen = {k: v for k, v in self._seen.items() if not v[0].expired()}
+            seen = (StorageWeakRef(storage), t._version, t.storage_offset(), float(t))
+            self._seen[key] = seen
+        return seen[3]
+
+
+HOST_SCALARS = HostScalars()
+
+
+def _lambdas_are_one(layer: nn.Module) -> bool:
+    """Both blend buffers of `layer` are 1; under torch.compile, what was last recorded."""
+    if torch.compiler.is_compiling():
+        return getattr(layer, LAMBDA_ATTR, False)
+    one = HOST_SCALARS.value(layer.weight_lambda) == 1.0 and HOST_SCALARS.value(layer.act_lambda) == 1.0
+    setattr(layer, LAMBDA_ATTR, one)
+    return one
+
+
+def use_fast_path(layer: nn.Module, x: torch.Tensor) -> bool:
+    """Whether BitLinear `layer` runs `x` on the fused kernels (else its reference path)."""
+    opts = getattr(layer, OPTIONS_ATTR, DEFAULT_OPTIONS)
+    if not opts.enabled or x.device.type not in FAST_DEVICE_TYPES or x.dtype not in FLOAT_DTYPES:
+        return False
+    if layer.options.granularity not in FAST_GRANULARITIES or layer.in_features > MAX_IN_FEATURES:
+        return False
+    if not layer.weight.is_contiguous():
+        return False
+    if torch.compiler.is_compiling():
+        if not _available:  # decided eagerly, by `configure` or an earlier eager call
+            return False
+    elif not fast_path_available():
+        return False
+    return _lambdas_are_one(layer)
+
+
+def fast_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """BitLinear.forward on the fused kernels (the caller checked `use_fast_path`)."""
+    from bittern.kernels.function import bitlinear_fast
+
+    opts = getattr(layer, OPTIONS_ATTR, DEFAULT_OPTIONS)
+    return bitlinear_fast(layer, x, opts.grad_input_int8, opts.grad_weight_int8)
+
+
+def configure(model: nn.Module, cfg=None) -> int:
+    """Apply `cfg` (a KernelsConfig or KernelOptions; None keeps each layer's) to every BitLinear.
+
+    Also records, for torch.compile, whether each layer's lambda is 1: call it once the
+    model is built and on its device, and again after changing lambda if the model runs
+    compiled. Returns how many layers will take the fast path.
+    """
+    from bittern.nn.bitlinear import BitLinear
+
+    layers = [m for m in model.modules() if isinstance(m, BitLinear) and m.quantized]
+    available = fast_path_available()
+    # one instance shared by every layer: one compiled block then serves all blocks
+    shared = None if cfg is None else KernelOptions(cfg.enabled, cfg.grad_input_int8, cfg.grad_weight_int8)
+    fast = 0
+    for layer in layers:
+        if shared is not None:
+            setattr(layer, OPTIONS_ATTR, shared)
+        opts = getattr(layer, OPTIONS_ATTR, DEFAULT_OPTIONS)
+        one = _lambdas_are_one(layer)
+        supported = layer.weight.device.type in FAST_DEVICE_TYPES
+        supported = supported and layer.options.granularity in FAST_GRANULARITIES
+        fast += bool(available and opts.enabled and supported and one)
+    return fast
+
+
+def clear_weight_cache() -> None:
+    """Forget every cached ternary weight (after writing weights through `.data`, say)."""
+    module = sys.modules.get("bittern.kernels.weightquant")
+    if module is not None:
+        module.WEIGHT_CACHE.clear()

@@ -1,0 +1,125 @@
+"""The fused BitLinear (autograd.Function over custom ops) against the reference layer, and opcheck."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from bittern.kernels.function import bitlinear_fast  # noqa: E402
+from bittern.nn import BitLinear  # noqa: E402
+
+ops = torch.ops.bittern
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp(min=1e-30))
+
+
+def _layer(seed=0, in_f=48, out_f=40, **options) -> BitLinear:
+    torch.manual_seed(seed)
+    layer = BitLinear(in_f, out_f, **options)
+    with torch.no_grad():
+        layer.weight.normal_(0.0, 0.05)
+        if layer.bias is not None:
+            layer.bias.normal_(0.0, 0.1)
+        if layer.norm is not None:
+            layer.norm.weight.uniform_(0.5, 1.5)
+    return layer
+
+
+def _x(shape=(3, 5, 48), seed=1) -> torch.Tensor:
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 2).requires_grad_(True)
+
+
+def _run(fn, layer, x, seed=2):
+    """Output and gradients (x, then each parameter) for a fixed random output gradient."""
+    y = fn(x)
+    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.dtype)
+    params = [p for p in layer.parameters()]
+    return y, torch.autograd.grad(y, [x, *params], grad)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize("bias", [False, True])
+def test_equals_reference_layer_fp32(granularity, norm, bias):
+    layer, x = _layer(granularity=granularity, norm=norm, bias=bias, gamma_multiplier=1.3), _x()
+    y_ref, g_ref = _run(layer, layer, x)
+    y, g = _run(lambda t: bitlinear_fast(layer, t), layer, x)
+    assert y.dtype == y_ref.dtype == torch.float32
+    assert rel_err(y, y_ref) < 1e-6  # the fast product is exact; the reference rounds in fp32
+    for a, b in zip(g, g_ref, strict=True):
+        assert rel_err(a, b) < 1e-5
+
+
+def test_equals_reference_under_bf16_autocast():
+    layer, x = _layer(), _x()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ref, g_ref = _run(layer, layer, x)
+        y, g = _run(lambda t: bitlinear_fast(layer, t), layer, x)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    assert rel_err(y, y_ref) < 1e-2
+    for a, b in zip(g, g_ref, strict=True):
+        assert a.dtype == b.dtype and rel_err(a, b) < 2e-2
+
+
+@pytest.mark.parametrize("grad_input_int8, grad_weight_int8", [(True, False), (False, True), (True, True)])
+def test_int8_backward_options_stay_close(grad_input_int8, grad_weight_int8):
+    layer, x = _layer(in_f=64, out_f=64), _x((4, 16, 64))
+    y_ref, g_ref = _run(layer, layer, x)
+    y, g = _run(lambda t: bitlinear_fast(layer, t, grad_input_int8, grad_weight_int8), layer, x)
+    assert rel_err(y, y_ref) < 1e-6  # the forward does not change
+    dx, dw, dnorm = g
+    assert rel_err(dx, g_ref[0]) < (3e-2 if grad_input_int8 else 1e-5)
+    assert rel_err(dnorm, g_ref[2]) < (3e-2 if grad_input_int8 else 1e-5)
+    assert rel_err(dw, g_ref[1]) < (3e-2 if grad_weight_int8 else 1e-5)
+
+
+def test_saves_int8_codes_not_float_activations():
+    layer, x = _layer(norm=False), _x()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        bitlinear_fast(layer, x)
+    activations = [t for t in saved if t.shape == (15, 48)]
+    assert [t.dtype for t in activations] == [torch.int8]
+
+
+def test_frozen_weight_gets_no_gradient():
+    layer, x = _layer(), _x()
+    layer.weight.requires_grad_(False)
+    bitlinear_fast(layer, x).sum().backward()
+    assert layer.weight.grad is None and x.grad is not None and layer.norm.weight.grad is not None
+
+
+def _op_cases():
+    g = torch.Generator().manual_seed(0)
+    x, nw = torch.randn(6, 40, generator=g), torch.rand(40, generator=g) + 0.5
+    w = torch.randn(24, 40, generator=g) * 0.05
+    codes, scale, rstd = ops.rmsnorm_quant(x, nw, 1e-5)
+    grad, one = torch.randn(6, 24, generator=g), torch.ones(())
+    return {
+        "rmsnorm_quant": (ops.rmsnorm_quant, (x, nw, 1e-5)),
+        "rmsnorm_quant_no_norm": (ops.rmsnorm_quant, (x.bfloat16(), None, 1e-5)),
+        "rmsnorm_quant_backward": (ops.rmsnorm_quant_backward, (torch.randn_like(x), x, nw, rstd)),
+        "ternarize": (ops.ternarize, (w, 1.0, True)),
+        "int8_mm": (ops.int8_mm, (codes, codes[:5].contiguous(), scale, None, torch.float32)),
+        "ternary_linear": (ops.ternary_linear, (codes, scale, w, one, one, 1.0, False, torch.bfloat16)),
+        "grad_input": (ops.ternary_linear_grad_input, (grad, w, 1.0, False, False)),
+        "grad_input_int8": (ops.ternary_linear_grad_input, (grad, w, 1.0, True, True)),
+        "grad_weight": (ops.ternary_linear_grad_weight, (grad, codes, scale, False, torch.float32)),
+        "grad_weight_int8": (ops.ternary_linear_grad_weight, (grad, codes, scale, True, torch.float32)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_op_cases()))
+def test_custom_ops_pass_opcheck(case):
+    op, args = _op_cases()[case]
+    torch.library.opcheck(op, args)
+
+
+def test_forward_refuses_lambda_below_one():
+    layer, x = _layer(), _x()
+    layer.set_lambda(0.5)
+    with pytest.raises(RuntimeError, match="lambda = 1"):
+        bitlinear_fast(layer, x)
