@@ -26,7 +26,9 @@ def _train(args: argparse.Namespace, extra: list[str]) -> None:
     cfg = load_config(config, parse_overrides(extra))
     if args.fallback:
         cfg.checkpoint.fallback = True
-    result = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    result = train(
+        cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, init=args.init
+    )
     if not result.is_main:
         return
     from bittern.eval import unigram_loss
@@ -140,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="on --resume, skip a corrupt newest checkpoint for an older one",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument(
+        "--init", help="start from this run (e.g. from `bittern convert`); see init.*"
+    )
     t.add_argument(
         "--nproc", type=int, default=1, help="processes (GPUs) on this host, launched with torchrun"
     )

@@ -60,12 +60,15 @@ from bittern.runtime import autocast, resolve_device, resolve_precision
 from bittern.train.clip import GradClipper, per_layer_grad_norms
 from bittern.train.data import open_dataset
 from bittern.train.guard import OK, ROLLBACK, PlateauWatch, StabilityGuard
+from bittern.train.init import LayerLambdas, init_model_config, load_init, validate_init
+from bittern.train.losses import LossComputer
 from bittern.train.optim import apply_lr_and_wd, build_optimizer
-from bittern.train.progressive import apply_quant_lambda, quant_lambda
+from bittern.train.progressive import quant_lambda
 from bittern.train.rng import rng_state, seed_everything, set_rng_state
 from bittern.train.scaling import DynamicLossScaler, alpha_scale
 from bittern.train.schedule import lr_multiplier, weight_decay_at
 from bittern.train.signals import EXIT_GAVE_UP, EXIT_PREEMPTED, StopRequest
+from bittern.train.teacher import load_teacher
 
 
 @dataclass
@@ -101,9 +104,15 @@ class Trainer:
     """One training run in a run folder."""
 
     def __init__(
-        self, cfg: Config, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True
+        self,
+        cfg: Config,
+        out: Path,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress: bool = True,
+        init: str | None = None,
     ) -> None:
-        self.out, self.cfg = Path(out), cfg
+        self.out, self.cfg, self.init_source = Path(out), cfg, init
         t = cfg.train
         base_device = resolve_device(t.device)
         self.dist = init_distributed(base_device, cfg.dist.timeout)
@@ -114,9 +123,16 @@ class Trainer:
         self.precision = resolve_precision(t.precision, self.device)
         self.data = self._open_data()
         self._plan_batches()
+        if init:
+            cfg.model = init_model_config(cfg.model, init)
         self._resolve_model(resuming)
+        validate_init(cfg.init, cfg.model.n_layers, bool(init))
         seed_everything(t.seed)
-        self.model = build_model(cfg.model).to(self.device)
+        self.model = build_model(cfg.model)
+        if init and not resuming:
+            load_init(self.model, init)
+        self.model.to(self.device)
+        self.layer_lambdas = LayerLambdas(cfg.init, cfg.model.n_layers, cfg.progressive.activations)
         configure_kernels(self.model, cfg.kernels)
         self.fsdp = self.dist.enabled and cfg.dist.mode == "fsdp"
         param_dtype = torch.bfloat16 if self.precision == "bf16" else None
@@ -125,6 +141,7 @@ class Trainer:
         )
         self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.loss_fn, self.teacher = self._build_losses()
         self.autocast = autocast(self.device, self.precision)
         self.scaler = DynamicLossScaler(cfg.loss_scale) if self.precision == "fp16" else None
         self.clipper = GradClipper(cfg.clip)
@@ -217,6 +234,7 @@ class Trainer:
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.data_offset, self.prev_grad_norm = state["data_offset"], state["prev_grad_norm"]
         self.quant_lambda = None
+        self.layer_lambdas.reset()
         if rng is not None:
             set_rng_state(rng)
 
@@ -277,9 +295,9 @@ class Trainer:
     def _apply_schedules(self) -> tuple[float, float]:
         c, total = self.cfg, self.cfg.train.steps
         prog = replace(c.progressive, schedule=self.progressive_mode)
-        lam = quant_lambda(self.step, total, prog, self.progressive_start)
+        cap = quant_lambda(self.step, total, prog, self.progressive_start)
+        lam = self.layer_lambdas.apply(self.model, self.step, cap=cap)  # per block: init.strategy
         if lam != self.quant_lambda:
-            apply_quant_lambda(self.model, lam, c.progressive.activations)
             configure_kernels(self.model, c.kernels)  # the fused path runs only at lambda 1
             self.quant_lambda = lam
         lr = c.optim.lr * self.guard.lr_factor * lr_multiplier(self.step, total, c.schedule)
@@ -292,21 +310,62 @@ class Trainer:
         t, g = self.cfg.train, self.cfg.guard
         batch = self.step + self.data_offset
         total = torch.zeros((), device=self.device)
+        self.loss_parts: dict[str, torch.Tensor] = {}
         for m in range(self.accum):
             last = m == self.accum - 1
             start = self.rank * self.per_rank + m * self.micro
             x, y = self.data.train_batch(t.seed, batch, t.batch_size, t.seq_len, start, self.micro)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._gradient_sync(last):
-                with self.autocast:
-                    logits = self.forward(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                loss = self._micro_batch_loss(x, y)
                 if batch == g.inject_nan_step and g.inject_nan_rank in (-1, self.rank):
                     loss = loss * float("nan")  # test-only fault injection
                 scaled = loss * (alpha / self.accum)
                 (self.scaler.scale_loss(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
         return mean_across_ranks(total / self.accum, self.dist)
+
+    def _build_losses(self):
+        """The loss terms of loss.*, and the frozen teacher when a term needs one."""
+        c = self.cfg
+        loss_fn = LossComputer(c.loss, c.model.dim, c.model.n_layers)
+        if not loss_fn.needs_teacher:
+            return (loss_fn if loss_fn.cfg.quant_reg or loss_fn.cfg.hard_token_ratio < 1 else None), None
+        source = c.loss.teacher or self.init_source
+        if not source:
+            raise BitternError(
+                "loss.distill/distill_hidden/margin need a teacher: set loss.teacher or --init"
+            )
+        teacher = load_teacher(source, self.device, student_tokenizer=self.data.tokenizer())
+        tc = teacher.model.config
+        loss_fn = LossComputer(c.loss, c.model.dim, c.model.n_layers, tc.dim, tc.n_layers).to(self.device)
+        if list(loss_fn.parameters()):
+            self.optimizer.add_param_group(
+                {
+                    "params": list(loss_fn.parameters()),
+                    "weight_decay": 0.0,
+                    "lr_mult": 1.0,
+                    "decay": False,
+                    "name": "projections",
+                }
+            )
+        return loss_fn, teacher
+
+    def _micro_batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy, or the loss.* combination (parts accumulated in self.loss_parts)."""
+        if self.loss_fn is None:
+            with self.autocast:
+                logits = self.forward(x)
+            return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        hidden = self.loss_fn.needs_hidden
+        with self.autocast:
+            out = self.forward(x, return_hidden=True) if hidden else self.forward(x)
+            logits, hiddens = out if hidden else (out, None)
+            teacher = self.teacher(x, hidden=hidden) if self.teacher else None
+        loss, parts = self.loss_fn(logits, y, hiddens, teacher, model=self.model)
+        for k, v in parts.items():
+            self.loss_parts[k] = self.loss_parts.get(k, 0.0) + v / self.accum
+        return loss
 
     def _gradient_sync(self, last: bool):
         """DDP's no_sync (FSDP2: requires_gradient_sync) on all but the last micro-batch."""
@@ -454,6 +513,7 @@ class Trainer:
         record |= memory_stats(self.device)
         reset_peak(self.device)
         record |= {f"grad_norm/{k}": v for k, v in self.layer_norms.items()}
+        record |= {k: float(v) for k, v in getattr(self, "loss_parts", {}).items()}
         if health_due:
             record |= self.health.snapshot(self.model)
         return record
@@ -481,10 +541,15 @@ class Trainer:
 
 
 def train(
-    cfg: Config, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True
+    cfg: Config,
+    out: Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    init: str | None = None,
 ) -> TrainResult:
-    """Train `cfg` into run folder `out` and return the final validation figures."""
-    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, progress=progress)
+    """Train `cfg` into run folder `out` (starting from run `init` if given); final validation figures."""
+    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, progress=progress, init=init)
     try:
         return trainer.run()
     finally:
