@@ -9,7 +9,7 @@ from bittern.quant.core import GRANULARITIES
 from bittern.quant.ste import STE_FORMS
 
 ARCHS = ("llama", "bitnet")
-NORM_PLACEMENTS = ("inside", "sublayer")
+NORM_PLACEMENTS = ("inside", "sublayer", "none")  # none: only the pre-norms (lambda 0 == the source model)
 
 # Llama-style shapes; "2b" is the released BitNet b1.58 2B4T shape (gated squared ReLU).
 PRESETS: dict[str, dict] = {
@@ -50,7 +50,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     bias: bool = False
-    norm_placement: str | None = None  # inside (paper) | sublayer (2B model); arch decides if unset
+    norm_placement: str | None = None  # inside (paper) | sublayer (2B model) | none; arch decides if unset
     weight_granularity: str = "tensor"  # tensor | channel | group
     group_size: int = 128
     gamma_multiplier: float = 1.0

@@ -72,3 +72,13 @@ def test_distillation_without_teacher_is_refused(init_dataset, tmp_path):
 
     with pytest.raises(BitternError, match="teacher"):
         Trainer(make_config(init_dataset, loss={"distill": 0.5}), tmp_path / "run", progress=False)
+
+
+def test_norm_placement_none_makes_lambda_zero_the_source_model(init_dataset, llama_run, tmp_path):
+    cfg = make_config(init_dataset, model={"norm_placement": "none"}, init={"strategy": "progressive"})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, init=str(llama_run))
+    trainer._apply_schedules()  # step 0 of the progressive strategy: lambda 0 everywhere
+    source, _ = bittern.load(llama_run)
+    x = torch.randint(0, 300, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.model(x)[..., :300], source(x)[..., :300], atol=1e-5, rtol=1e-5)
