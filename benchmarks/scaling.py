@@ -25,16 +25,20 @@ from bittern.monitor import read_metrics
 
 def run(config: str, overrides: list[str], nproc: int, mode: str, out: Path, per_gpu_batch: int) -> dict:
     extra = [*overrides, f"--dist.mode={mode}", f"--train.batch_size={per_gpu_batch * nproc}"]
-    cmd = [sys.executable, "-m", "bittern", "train", "--config", config, "--out", str(out), "--quiet", *extra]
-    if nproc > 1:
-        cmd[1:3] = [
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "bittern",
-        ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bittern",
+        "train",
+        "--config",
+        config,
+        "--out",
+        str(out),
+        "--quiet",
+        "--nproc",
+        str(nproc),
+        *extra,
+    ]  # --nproc relaunches under torchrun
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if proc.returncode:
