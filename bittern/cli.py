@@ -142,9 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="on --resume, skip a corrupt newest checkpoint for an older one",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
-    t.add_argument(
-        "--init", help="start from this run (e.g. from `bittern convert`); see init.*"
-    )
+    t.add_argument("--init", help="start from this run (e.g. from `bittern convert`); see init.*")
     t.add_argument(
         "--nproc", type=int, default=1, help="processes (GPUs) on this host, launched with torchrun"
     )
