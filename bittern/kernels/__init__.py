@@ -15,7 +15,15 @@ from bittern.kernels.dispatch import (
     clear_weight_cache,
     configure,
     fast_path_available,
+    set_weight_cache,
     use_fast_path,
 )
 
-__all__ = ["KernelOptions", "clear_weight_cache", "configure", "fast_path_available", "use_fast_path"]
+__all__ = [
+    "KernelOptions",
+    "clear_weight_cache",
+    "configure",
+    "fast_path_available",
+    "set_weight_cache",
+    "use_fast_path",
+]

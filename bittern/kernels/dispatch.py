@@ -145,6 +145,17 @@ def configure(model: nn.Module, cfg=None) -> int:
     return fast
 
 
+def set_weight_cache(enabled: bool) -> None:
+    """Cache ternary weights across micro-batches (default) or re-quantize on every call.
+
+    Off under FSDP2: it refills each block's unsharded weights in place every step.
+    """
+    from bittern.kernels.weightquant import WEIGHT_CACHE
+
+    WEIGHT_CACHE.enabled = enabled
+    WEIGHT_CACHE.clear()
+
+
 def clear_weight_cache() -> None:
     """Forget every cached ternary weight (after writing weights through `.data`, say)."""
     module = sys.modules.get("bittern.kernels.weightquant")

@@ -200,14 +200,16 @@ class _Entry:
     codes: torch.Tensor
     gamma: torch.Tensor
     codes_t: torch.Tensor | None = field(default=None)
+    view: tuple = ()
 
 
 class WeightCache:
     """Ternary codes per latent weight, valid while the weight's storage lives and its version holds.
 
-    Keyed by the weight's storage (a weak reference, as torch's own caches do), address, view,
-    dtype and quantizer settings; an entry is recomputed when `weight._version` moves. Writes
-    that bypass the version counter (through `.data`) must be followed by `clear()`.
+    One entry per storage (held by a weak reference, as torch's own caches do), valid for one
+    address, view, dtype and quantizer settings; recomputed when `weight._version` moves.
+    Writes that bypass the version counter (through `.data`, or FSDP2's all-gather into its
+    unsharded buffers) need `clear()` or the cache off (`set_weight_cache(False)`).
     """
 
     def __init__(self) -> None:
@@ -230,14 +232,24 @@ class WeightCache:
             codes, gamma = ternarize_weight(w, gamma_multiplier, per_channel)
             return codes, gamma, codes.t().contiguous() if transposed else None
         storage = w.untyped_storage()
-        key = (storage._cdata, w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype)
-        key += (float(gamma_multiplier), bool(per_channel))
+        # one entry per storage: a storage that is resized and refilled (FSDP2's unsharded
+        # parameters) replaces its entry instead of piling up new ones
+        key = storage._cdata
+        view = (
+            w.data_ptr(),
+            tuple(w.shape),
+            tuple(w.stride()),
+            w.dtype,
+            float(gamma_multiplier),
+            bool(per_channel),
+        )
         entry = self._entries.get(key)
-        if entry is None or entry.storage.expired() or entry.version != w._version:
+        stale = entry is None or entry.storage.expired() or entry.version != w._version or entry.view != view
+        if stale:
             self._drop_expired()
             self.misses += 1
             codes, gamma = ternarize_weight(w, gamma_multiplier, per_channel)
-            entry = self._entries[key] = _Entry(StorageWeakRef(storage), w._version, codes, gamma)
+            entry = self._entries[key] = _Entry(StorageWeakRef(storage), w._version, codes, gamma, view=view)
         if transposed and entry.codes_t is None:
             entry.codes_t = entry.codes.t().contiguous()
         return entry.codes, entry.gamma, entry.codes_t

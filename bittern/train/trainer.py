@@ -43,6 +43,7 @@ from bittern.distributed import (
 from bittern.errors import BitternError, TrainingStopped
 from bittern.eval import evaluate
 from bittern.kernels import configure as configure_kernels
+from bittern.kernels import set_weight_cache
 from bittern.models import build_model
 from bittern.monitor import (
     Alerts,
@@ -135,6 +136,7 @@ class Trainer:
         self.layer_lambdas = LayerLambdas(cfg.init, cfg.model.n_layers, cfg.progressive.activations)
         configure_kernels(self.model, cfg.kernels)
         self.fsdp = self.dist.enabled and cfg.dist.mode == "fsdp"
+        set_weight_cache(not self.fsdp)
         param_dtype = torch.bfloat16 if self.precision == "bf16" else None
         self.wrapped = parallelize(
             self.model, cfg.dist.mode, self.dist, self.device, cfg.dist.bucket_cap_mb, param_dtype

@@ -69,10 +69,12 @@ def test_cache_reuses_until_the_weight_changes():
 def test_cache_keys_settings_and_forgets_dead_weights():
     cache = WeightCache()
     w = _w(16, 32)
-    a = cache.lookup(w, 1.0, False)[0]
     b = cache.lookup(w, 1.0, True)[0]
     c = cache.lookup(w, 2.0, False)[0]
-    assert len(cache) == 3 and a is not b and a is not c
+    a = cache.lookup(w, 1.0, False)[0]
+    assert len(cache) == 1 and a is not b and a is not c  # one entry per storage, settings honoured
+    for codes, mult, per_channel in ((a, 1.0, False), (b, 1.0, True), (c, 2.0, False)):
+        assert torch.equal(codes, ternarize_reference(w, mult, per_channel)[0])
     _, _, t = cache.lookup(w, 1.0, False, transposed=True)
     assert t.is_contiguous() and torch.equal(t, a.t())
     del w
@@ -81,3 +83,15 @@ def test_cache_keys_settings_and_forgets_dead_weights():
     assert len(cache) == 1
     cache.clear()
     assert len(cache) == 0
+
+
+def test_cache_keeps_one_entry_per_storage_refilled_in_place():
+    """FSDP2-like: one storage re-used for new views; entries never pile up and never go stale."""
+    cache = WeightCache()
+    flat = torch.empty(2 * 16 * 32)
+    for seed in range(4):
+        w = flat[(seed % 2) * 512 :][:512].view(16, 32)
+        w.copy_(_w(16, 32, seed=seed))
+        codes = cache.lookup(w, 1.0, False)[0]
+        assert torch.equal(codes, ternarize_reference(w, 1.0, False)[0])
+        assert len(cache) == 1
