@@ -3,14 +3,13 @@
 from bittern.monitor.alerts import Alerts, report
 from bittern.monitor.health import TernaryHealth, log_weight_histograms, unwrap
 from bittern.monitor.metrics import MetricsLogger, read_metrics, truncate_metrics
-from bittern.monitor.perf import flops_per_token, memory_stats, mfu, peak_flops, reset_peak
+from bittern.monitor.perf import memory_stats, mfu, peak_flops, reset_peak
 from bittern.monitor.plot import plot_run
 
 __all__ = [
     "Alerts",
     "MetricsLogger",
     "TernaryHealth",
-    "flops_per_token",
     "log_weight_histograms",
     "memory_stats",
     "mfu",

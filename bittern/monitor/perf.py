@@ -30,11 +30,6 @@ def peak_flops(device: torch.device | str, override_tflops: float = 0.0) -> floa
     return next((peak for key, peak in BF16_PEAK_FLOPS if key in name), None)
 
 
-def flops_per_token(n_params: int, n_layers: int, dim: int, seq_len: int) -> float:
-    """Training FLOPs per token of a decoder: 6N for the matmuls plus 12·L·d·T for attention (PaLM app. B)."""
-    return 6.0 * n_params + 12.0 * n_layers * dim * seq_len
-
-
 def mfu(tokens_per_sec: float, flops_per_token: float, peak: float | None) -> float | None:
     """Model FLOPs utilization: achieved FLOP/s over the peak; None without a peak."""
     if not peak or peak <= 0:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bittern.monitor import flops_per_token, memory_stats, mfu, peak_flops, reset_peak
+from bittern.monitor import memory_stats, mfu, peak_flops, reset_peak
 
 
 def test_mfu_arithmetic():
@@ -13,7 +13,23 @@ def test_mfu_arithmetic():
 
 
 def test_flops_per_token():
-    assert flops_per_token(100, 2, 8, 16) == 6 * 100 + 12 * 2 * 8 * 16
+    """The model's own count (what MFU uses): 6N plus 12 * layers * dim * seq (PaLM appendix B)."""
+    from bittern.models import ModelConfig, build_model
+
+    cfg = ModelConfig(
+        preset="tiny",
+        dim=8,
+        n_layers=2,
+        n_heads=2,
+        n_kv_heads=1,
+        ffn_dim=16,
+        max_seq_len=32,
+        vocab_size=50,
+        vocab_multiple=1,
+    ).resolved()
+    model = build_model(cfg)
+    n = sum(p.numel() for p in model.parameters()) - model.embed_tokens.weight.numel()
+    assert model.flops_per_token(16) == 6 * n + 12 * 2 * 8 * 16
 
 
 def test_peak_flops_cpu_and_override():
