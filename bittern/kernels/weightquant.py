@@ -6,9 +6,12 @@ weight's own (out, in) layout, K-contiguous as Hopper's int8 tensor cores want i
 is reduced on the device in two launches (partial sums, then every program of the
 quantizing launch sums the partials itself), so nothing waits on the host.
 
-`WeightCache` keeps the codes of each latent weight until its version counter moves (every
-in-place update, the optimizer's included, bumps it), so the codes are made once per
-optimizer step however many micro-batches and backward passes read them.
+`WeightCache` keeps the codes of each latent weight until its version counter moves or any
+torch optimizer takes a step, so the codes are made once per optimizer step however many
+micro-batches and backward passes read them. The optimizer hook is needed: fused AdamW
+(`fused=True`, the trainer's choice on CUDA) writes the parameters in place without moving
+their version counters, and a cache trusting them alone would keep the first step's codes
+forever (the model would train its norms and embeddings only).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from bittern.kernels.common import INTERPRET, round_half_even, round_to
 from bittern.quant.core import ternarize
@@ -201,24 +205,31 @@ class _Entry:
     gamma: torch.Tensor
     codes_t: torch.Tensor | None = field(default=None)
     view: tuple = ()
+    generation: int = 0
 
 
 class WeightCache:
     """Ternary codes per latent weight, valid while the weight's storage lives and its version holds.
 
     One entry per storage (held by a weak reference, as torch's own caches do), valid for one
-    address, view, dtype and quantizer settings; recomputed when `weight._version` moves.
-    Writes that bypass the version counter (through `.data`, or FSDP2's all-gather into its
-    unsharded buffers) need `clear()` or the cache off (`set_weight_cache(False)`).
+    address, view, dtype and quantizer settings; recomputed when `weight._version` moves or
+    the generation moves (`new_generation`: after every optimizer step). Other writes that
+    bypass the version counter (through `.data`, or FSDP2's all-gather into its unsharded
+    buffers) need `clear()` or the cache off (`set_weight_cache(False)`).
     """
 
     def __init__(self) -> None:
         self._entries: dict[tuple, _Entry] = {}
         self.enabled = True
         self.misses = 0  # ternarizations done: one per weight per optimizer step when caching works
+        self.generation = 0
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def new_generation(self) -> None:
+        """Every entry is stale from now on (the weights may have changed unseen)."""
+        self.generation += 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -244,12 +255,21 @@ class WeightCache:
             bool(per_channel),
         )
         entry = self._entries.get(key)
-        stale = entry is None or entry.storage.expired() or entry.version != w._version or entry.view != view
+        stale = (
+            entry is None
+            or entry.storage.expired()
+            or entry.version != w._version
+            or entry.view != view
+            or entry.generation != self.generation
+        )
         if stale:
             self._drop_expired()
             self.misses += 1
             codes, gamma = ternarize_weight(w, gamma_multiplier, per_channel)
-            entry = self._entries[key] = _Entry(StorageWeakRef(storage), w._version, codes, gamma, view=view)
+            entry = _Entry(
+                StorageWeakRef(storage), w._version, codes, gamma, view=view, generation=self.generation
+            )
+            self._entries[key] = entry
         if transposed and entry.codes_t is None:
             entry.codes_t = entry.codes.t().contiguous()
         return entry.codes, entry.gamma, entry.codes_t
@@ -260,3 +280,5 @@ class WeightCache:
 
 
 WEIGHT_CACHE = WeightCache()
+# any optimizer's step (fused ones included) may have rewritten any weight
+register_optimizer_step_post_hook(lambda optimizer, args, kwargs: WEIGHT_CACHE.new_generation())
