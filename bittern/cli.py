@@ -66,21 +66,30 @@ def _launch_torchrun(nproc: int) -> None:
 
 
 def _eval(args: argparse.Namespace, extra: list[str]) -> None:
+    from bittern.eval.report import check_report_dir, write_report
     from bittern.eval.runs import evaluate_runs
 
-    for row in evaluate_runs(args.runs, data_path=args.data, max_batches=args.batches, device=args.device):
+    if args.report:
+        check_report_dir(Path(args.report))  # refuse before minutes of evaluation, not after
+    result = evaluate_runs(
+        args.runs, args.data, args.batches, args.device, text_path=args.text, context=args.context
+    )
+    print(f"scored on {result.source}")
+    for row in [*result.rows, result.baseline]:
         print(
             f"{row['run']}: loss {row['loss']:.4f} | perplexity {row['perplexity']:.2f} | "
             f"bits/byte {row['bits_per_byte']:.3f} | {row['tokens']} tokens"
         )
+    if args.report:
+        print(write_report(result, args.runs, Path(args.report)))
 
 
 def _generate(args: argparse.Namespace, extra: list[str]) -> None:
-    import bittern
+    from bittern.export import load_any
     from bittern.generate import generate_text
     from bittern.runtime import resolve_device
 
-    model, tokenizer = bittern.load(args.run, device=resolve_device(args.device))
+    model, tokenizer = load_any(args.path, device=resolve_device(args.device))
     for i in range(args.num_samples):
         text = generate_text(
             model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed + i
@@ -152,11 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("runs", nargs="+", help="run folders or checkpoint folders")
     e.add_argument("--data", help="prepared dataset folder (default: the first run's data)")
     e.add_argument("--batches", type=int, default=0, help="evaluate at most this many batches (0: all)")
+    e.add_argument("--text", help="score this raw UTF-8 text file instead, each run with its own tokenizer")
+    e.add_argument("--context", type=int, default=0, help="tokens per window (0: each run's train.seq_len)")
+    e.add_argument("--report", help="write report.md and PNG plots into this new (or empty) folder")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=_eval)
 
-    g = sub.add_parser("generate", help="sample text from a run")
-    g.add_argument("run", help="run folder or checkpoint folder")
+    g = sub.add_parser("generate", help="sample text from a run, a checkpoint or any export")
+    g.add_argument("path", help="run or checkpoint folder, packed or hf export folder, or .gguf file")
     g.add_argument("--prompt", default="\n")
     g.add_argument("--max-new-tokens", type=int, default=200)
     g.add_argument("--temperature", type=float, default=0.8)

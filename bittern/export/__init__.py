@@ -1,4 +1,7 @@
-"""Exporters: bittern's packed checkpoint, Hugging Face transformers folders, GGUF for llama.cpp."""
+"""Exporters: bittern's packed checkpoint, Hugging Face transformers folders, GGUF for llama.cpp.
+
+`load_any` reads each of them (and runs and checkpoints) back into a bittern model.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from pathlib import Path
 
 from bittern.errors import BitternError
 from bittern.export.common import ExportResult
+from bittern.export.load import load_any
 
 FORMATS = ("packed", "packed-base3", "hf", "gguf")
 GGUF_TYPES = ("TQ2_0", "TQ1_0")
@@ -28,4 +32,4 @@ def export_run(run: str | Path, out: str | Path, fmt: str, gguf_type: str = "TQ2
     raise BitternError(f"export format must be one of {FORMATS}, got {fmt!r}")
 
 
-__all__ = ["FORMATS", "GGUF_TYPES", "ExportResult", "export_run"]
+__all__ = ["FORMATS", "GGUF_TYPES", "ExportResult", "export_run", "load_any"]
