@@ -44,6 +44,9 @@ TENSOR_NAMES = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
+# llama.cpp's pre-tokenizer with GPT-2's split regex (bittern's BPE pre-tokenizer) and no
+# clean_up_tokenization_spaces: its "gpt-2" would turn " ," into "," when detokenizing, bittern does not.
+PRE_TOKENIZER = "trillion"
 
 
 def check_exportable(cfg: ModelConfig) -> None:
@@ -113,17 +116,19 @@ def write_hparams(writer, cfg: ModelConfig, ftype: int) -> None:
 
 
 def write_tokenizer(writer, tokenizer: Tokenizer, n_vocab: int) -> None:
-    """GPT-2 style byte-level BPE metadata, padded with unused tokens to the embedding's rows."""
+    """Byte-level BPE metadata (llama.cpp's "gpt2" model), padded with unused tokens to the embedding's rows.
+
+    Both tokenizer kinds are byte-level BPE over GPT-2's byte-to-character map; ByteTokenizer is the
+    one with no merges (byte b -> id b, EOS -> 256), so token ids and token texts match bittern's.
+    """
     import gguf
 
     from bittern.export.hf_tokenizer import byte_level_backend
 
     if isinstance(tokenizer, ByteTokenizer):
         backend, eos = byte_level_backend(), "<|endoftext|>"
-        pre = "default"
     elif isinstance(tokenizer, BPETokenizer):
         backend, eos = tokenizer.backend, tokenizer.eos_token
-        pre = "gpt-2"
     else:
         raise BitternError(
             f"gguf export: tokenizer kind {tokenizer.kind!r} is not supported (byte and bpe are)"
@@ -137,12 +142,24 @@ def write_tokenizer(writer, tokenizer: Tokenizer, n_vocab: int) -> None:
         types[idx] = gguf.TokenType.CONTROL if tok == eos else gguf.TokenType.NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
+    writer.add_tokenizer_pre(PRE_TOKENIZER)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges(merges)
+    writer.add_token_merges(merges or [inert_merge(eos)])
+    writer.add_bos_token_id(vocab[eos])  # never added, but unset llama.cpp takes id 11, an ordinary token
     writer.add_eos_token_id(vocab[eos])
     writer.add_add_bos_token(False)
+
+
+def inert_merge(token: str) -> str:
+    """A BPE merge that can never apply, standing in for an empty merge list.
+
+    llama.cpp refuses a "gpt2" vocab without a merges key, and gguf-py writes no empty arrays. BPE
+    symbols start as single characters and only merges grow them, so when this is the only merge,
+    its multi-character sides never both occur and tokenization is plain byte-level.
+    """
+    assert len(token) > 1 and " " not in token
+    return f"{token} {token}"
 
 
 def export_gguf(run: str | Path, out: Path, gguf_type: str = "TQ2_0") -> ExportResult:

@@ -1,19 +1,38 @@
-"""GGUF export: tensors read back with the gguf package dequantize to codes * gamma; metadata is there."""
+"""GGUF export: tensors read back with the gguf package dequantize to codes * gamma; metadata is there.
+
+The tokenizer tests read the metadata back and tokenize with a plain reference BPE, the way llama.cpp's
+"gpt2" vocab does; when llama_cpp is installed, llama.cpp itself tokenizes and runs the export.
+"""
 
 from __future__ import annotations
+
+import ctypes
+import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from tokenizers import pre_tokenizers
 
 gguf = pytest.importorskip("gguf")
 from gguf.quants import dequantize  # noqa: E402
 
 import bittern  # noqa: E402
+from bittern.data.tokenizer import BPETokenizer, ByteTokenizer  # noqa: E402
 from bittern.errors import BitternError  # noqa: E402
-from bittern.export.gguf_export import check_exportable, export_gguf  # noqa: E402
+from bittern.export.gguf_export import (  # noqa: E402
+    ARCH,
+    check_exportable,
+    export_gguf,
+    write_hparams,
+    write_tokenizer,
+)
 from bittern.models import ModelConfig  # noqa: E402
 from bittern.quant import ternarize  # noqa: E402
+from tests.conftest import play_text  # noqa: E402
+
+SAMPLE = "ROMEO.\nThe  thou art, naïve ... 'tis 1234 — café!\n\n\tend "
 
 PROJ = {
     "attn_q": "self_attn.q_proj",
@@ -110,3 +129,119 @@ def test_dequantized_weights_reproduce_the_layer():
     data = gguf.quants.quantize(codes.float().numpy(), gguf.GGMLQuantizationType.TQ1_0)
     back = dequantize(data, gguf.GGMLQuantizationType.TQ1_0)
     assert np.array_equal(back, codes.numpy().astype(np.float32))
+
+
+def gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's bytes_to_unicode, inverted: printable Latin-1 stands for itself, other bytes for U+0100 on."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+
+
+def reference_bpe(text: str, tokens: list[str], merges: list[str]) -> list[int]:
+    """Byte-level BPE: GPT-2 split, then repeatedly merge the adjacent pair of lowest rank."""
+    rank = {tuple(m.split(" ", 1)): i for i, m in enumerate(merges)}
+    index = {t: i for i, t in enumerate(tokens)}
+    ids = []
+    for word, _ in pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(text):
+        parts = list(word)
+        while len(parts) > 1:
+            pairs = zip(parts, parts[1:], strict=False)
+            best, i = min((rank.get(pair, math.inf), i) for i, pair in enumerate(pairs))
+            if best == math.inf:
+                break
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        ids += [index[p] for p in parts]
+    return ids
+
+
+def tokenizer_gguf(tokenizer, path) -> ModelConfig:
+    """A vocab-only GGUF (hyperparameters and tokenizer, no tensors) for `tokenizer` at `path`."""
+    cfg = ModelConfig(
+        vocab_size=tokenizer.vocab_size, norm_placement="sublayer", tie_embeddings=True, dim=256, n_heads=4
+    ).resolved()
+    writer = gguf.GGUFWriter(str(path), ARCH)
+    write_hparams(writer, cfg, gguf.LlamaFileType.MOSTLY_TQ2_0)
+    write_tokenizer(writer, tokenizer, cfg.padded_vocab_size)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return cfg
+
+
+@pytest.fixture(scope="module", params=["byte", "bpe"])
+def tokenizer(request):
+    if request.param == "byte":
+        return ByteTokenizer()
+    return BPETokenizer.train([play_text(0, 300), SAMPLE], vocab_size=400)
+
+
+def test_tokenizer_metadata_reproduces_token_ids(tokenizer, tmp_path):
+    cfg = tokenizer_gguf(tokenizer, tmp_path / "vocab.gguf")
+    reader = gguf.GGUFReader(tmp_path / "vocab.gguf")
+    assert field(reader, "tokenizer.ggml.model") == "gpt2"
+    # llama.cpp's name for the GPT-2 split regex without clean-up of spaces when detokenizing
+    assert field(reader, "tokenizer.ggml.pre") == "trillion"
+    tokens = field(reader, "tokenizer.ggml.tokens")
+    types = field(reader, "tokenizer.ggml.token_type")
+    merges = field(reader, "tokenizer.ggml.merges")
+    assert len(tokens) == len(types) == cfg.padded_vocab_size
+    assert merges, "llama.cpp refuses a gpt2 vocab without merges"
+    eos = tokenizer.eos_id
+    assert field(reader, "tokenizer.ggml.eos_token_id") == eos
+    assert types[eos] == gguf.TokenType.CONTROL
+    assert all(t == gguf.TokenType.NORMAL for i, t in enumerate(types[: tokenizer.vocab_size]) if i != eos)
+    assert all(t == gguf.TokenType.UNUSED for t in types[tokenizer.vocab_size :])
+    ids = tokenizer.encode(SAMPLE)
+    assert reference_bpe(SAMPLE, tokens, merges) == ids
+    decoder = gpt2_byte_decoder()
+    text = bytes(decoder[c] for i in ids for c in tokens[i]).decode("utf-8")
+    assert text == tokenizer.decode(ids) == SAMPLE
+
+
+def test_byte_tokenizer_is_bytes_in_id_order(tmp_path):
+    tokenizer_gguf(ByteTokenizer(), tmp_path / "vocab.gguf")
+    tokens = field(gguf.GGUFReader(tmp_path / "vocab.gguf"), "tokenizer.ggml.tokens")
+    decoder = gpt2_byte_decoder()
+    assert [decoder[t] for t in tokens[:256]] == list(range(256))
+    assert tokens[256] == "<|endoftext|>"
+
+
+def test_llamacpp_tokenizes_and_decodes_like_bittern(tokenizer, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    tokenizer_gguf(tokenizer, tmp_path / "vocab.gguf")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "vocab.gguf"), vocab_only=True, verbose=False)
+    ids = tokenizer.encode(SAMPLE)
+    assert llm.tokenize(SAMPLE.encode(), add_bos=False, special=False) == ids
+    assert llm.detokenize(ids).decode() == tokenizer.decode(ids)  # token by token
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)  # whole sequence: where llama.cpp can clean spaces
+    buf = ctypes.create_string_buffer(4 * len(SAMPLE) + 64)
+    n = llama_cpp.llama_detokenize(
+        vocab, (llama_cpp.llama_token * len(ids))(*ids), len(ids), buf, len(buf), False, False
+    )
+    assert buf.raw[:n].decode() == tokenizer.decode(ids)
+
+
+def test_llamacpp_perplexity_agrees_with_bittern(trained_run, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    run = trained_run("gguf")
+    export_gguf(run, tmp_path / "m.gguf", "TQ1_0")
+    model, tokenizer = bittern.load(run)
+    ids = tokenizer.encode(play_text(99, 20))[:64]
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0, :-1].float()
+    llm = llama_cpp.Llama(
+        model_path=str(tmp_path / "m.gguf"), n_ctx=64, logits_all=True, verbose=False, n_threads=1
+    )
+    llm.eval(ids)
+    theirs = torch.from_numpy(np.array(llm.scores[: len(ids) - 1], dtype=np.float32))
+    target = torch.tensor(ids[1:])
+    ppl_ours = F.cross_entropy(ours, target).exp().item()
+    ppl_theirs = F.cross_entropy(theirs, target).exp().item()
+    assert ppl_theirs == pytest.approx(ppl_ours, rel=0.01)
+    assert (ours.argmax(-1) == theirs.argmax(-1)).float().mean() > 0.9

@@ -1,0 +1,111 @@
+"""Host-side cost of each piece of the fused BitLinear path, in microseconds per call.
+
+Tiny tensors (the GPU finishes each kernel long before the host issues the next), so the
+wall time of a loop is the time the host spends issuing it: the Python of the custom-op
+wrappers, the weight-cache lookup, Triton's launcher and autotuner, autograd. Compared with
+nn.Linear and the reference BitLinear at the same shape. JSON out.
+
+    PYTHONPATH=. python benchmarks/host_overhead.py --out host.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CALLS = 300
+
+
+def per_call_us(fn) -> float:
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(CALLS):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e6 / CALLS
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    from bittern.kernels import actquant, configure
+    from bittern.kernels.dispatch import HOST_SCALARS, OPTIONS_ATTR, KernelOptions
+    from bittern.kernels.int8_mm import int8_mm
+    from bittern.kernels.weightquant import WEIGHT_CACHE, ternarize_weight
+    from bittern.nn import BitLinear
+
+    ops = torch.ops.bittern
+    M, K, N = 64, 256, 256
+    x = torch.randn(M, K, device="cuda", requires_grad=True)
+    w = torch.randn(N, K, device="cuda")
+    norm_w = torch.ones(K, device="cuda")
+    codes, scale, _ = actquant.rmsnorm_quant(x.detach(), norm_w, 1e-6)
+    w_codes, gamma = ternarize_weight(w)
+    lam = torch.ones((), device="cuda")
+    g = torch.randn(M, N, device="cuda")
+
+    def layer_pass(layer):
+        def run():
+            with torch.autocast("cuda", torch.bfloat16):
+                y = layer(x)
+            y.backward(g.to(y.dtype))
+
+        return run
+
+    linear = nn.Linear(K, N, bias=False).cuda()
+    fused = BitLinear(K, N).cuda()
+    configure(fused, None)
+    reference = BitLinear(K, N).cuda()
+    setattr(reference, OPTIONS_ATTR, KernelOptions(enabled=False))
+    pieces = {
+        "empty torch op (x.view)": lambda: x.view(-1),
+        "HOST_SCALARS.value": lambda: HOST_SCALARS.value(lam),
+        "WEIGHT_CACHE.lookup (hit)": lambda: WEIGHT_CACHE.lookup(w, 1.0, False),
+        "actquant.rmsnorm_quant (launcher)": lambda: actquant.rmsnorm_quant(x.detach(), norm_w, 1e-6),
+        "ops.rmsnorm_quant (custom op)": lambda: ops.rmsnorm_quant(x.detach(), norm_w, 1e-6),
+        "int8_mm autotuned (launcher)": lambda: int8_mm(codes, w_codes, scale, gamma, torch.bfloat16),
+        "int8_mm fixed config (launcher)": lambda: int8_mm(
+            codes, w_codes, scale, gamma, torch.bfloat16, config=(64, 64, 64, 4, 3)
+        ),
+        "ops.int8_mm (custom op)": lambda: ops.int8_mm(codes, w_codes, scale, gamma, torch.bfloat16),
+        "ops.ternary_linear (custom op)": lambda: ops.ternary_linear(
+            codes, scale, w, lam, lam, 1.0, False, torch.bfloat16
+        ),
+        "ops.ternary_linear_grad_input": lambda: ops.ternary_linear_grad_input(
+            g.bfloat16(), w, 1.0, False, False
+        ),
+        "ops.ternary_linear_grad_weight": lambda: ops.ternary_linear_grad_weight(
+            g.bfloat16(), codes, scale, False, torch.float32
+        ),
+        "ops.rmsnorm_quant_backward": lambda: ops.rmsnorm_quant_backward(
+            g[:, :K].contiguous(), x.detach(), norm_w, scale
+        ),
+        "nn.Linear fwd+bwd": layer_pass(linear),
+        "BitLinear reference fwd+bwd": layer_pass(reference),
+        "BitLinear fused fwd+bwd": layer_pass(fused),
+    }
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    report["us_per_call"] = {}
+    for name, fn in pieces.items():
+        us = per_call_us(fn)
+        report["us_per_call"][name] = us
+        print(f"{us:9.1f} us  {name}", flush=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
