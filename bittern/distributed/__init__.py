@@ -4,6 +4,7 @@ from bittern.distributed.parallelize import MODES, parallelize, set_gradient_syn
 from bittern.distributed.setup import (
     DistInfo,
     any_across_ranks,
+    average_gradients,
     barrier,
     init_distributed,
     launched_by_torchrun,
@@ -16,6 +17,7 @@ __all__ = [
     "MODES",
     "DistInfo",
     "any_across_ranks",
+    "average_gradients",
     "barrier",
     "init_distributed",
     "launched_by_torchrun",

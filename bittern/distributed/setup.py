@@ -65,6 +65,21 @@ def mean_across_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value / info.world
 
 
+def average_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
+    """Mean of each parameter's gradient over ranks, in place (for parameters no wrapper syncs).
+
+    The distillation projections live outside the DDP/FSDP2-wrapped model, so without this
+    each rank would step its own copy on its own rows and the copies would drift apart.
+    """
+    if not info.enabled:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad.div_(info.world)
+
+
 def any_across_ranks(flag: bool, device: torch.device, info: DistInfo) -> bool:
     """True on every rank if it is True on any."""
     if not info.enabled:

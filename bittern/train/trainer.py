@@ -32,6 +32,7 @@ from bittern.checkpoint.sharded import load_training, save_training
 from bittern.config import Config, config_from_dict, to_toml
 from bittern.distributed import (
     any_across_ranks,
+    average_gradients,
     barrier,
     init_distributed,
     local_device,
@@ -383,6 +384,8 @@ class Trainer:
         c = self.cfg
         alpha = alpha_scale(self.prev_grad_norm, c.loss_scale) if c.loss_scale.alpha else 1.0
         loss = self._forward_backward(alpha).item()
+        if self.loss_fn is not None:  # its projections are outside the wrapped model
+            average_gradients(list(self.loss_fn.parameters()), self.dist)
         params = [p for p in self.model.parameters() if p.grad is not None]
         finite = self.scaler.unscale_and_check(params) if self.scaler else True
         finite = not any_across_ranks(not finite, self.device, self.dist)

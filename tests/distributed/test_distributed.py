@@ -166,3 +166,26 @@ def test_killed_rank_stops_the_other_and_relaunch_resumes(config, tmp_path):
     proc = torchrun(["train", "--config", cfg, "--out", str(run), "--resume", "--quiet"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(run) == losses(straight)  # bit for bit: DCP restores everything
+
+
+AVERAGER = """
+import torch, torch.distributed as dist
+from bittern.distributed import average_gradients, init_distributed
+info = init_distributed(torch.device("cpu"), 60.0)
+p, q = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+p.grad = torch.tensor([1.0, 2.0, 3.0]) * (info.rank + 1)  # rank 0: g, rank 1: 2g
+average_gradients([p, q], info)  # q has no gradient on any rank
+both = [torch.zeros(3) for _ in range(info.world)]
+dist.all_gather(both, p.grad)
+assert torch.equal(both[0], both[1]) and torch.equal(p.grad, torch.tensor([1.5, 3.0, 4.5])), p.grad
+assert torch.equal(q.grad, torch.zeros(2))
+dist.destroy_process_group()
+"""
+
+
+def test_average_gradients_gives_every_rank_the_mean(tmp_path):
+    """What keeps the distillation projections (outside the DDP/FSDP2 wrapper) equal across ranks."""
+    script = tmp_path / "average.py"
+    script.write_text(AVERAGER)
+    proc = torchrun([], str(script), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
