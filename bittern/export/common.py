@@ -10,9 +10,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from bittern.convert.weights import copy_weights
 from bittern.data.tokenizer import Tokenizer
 from bittern.errors import BitternError
-from bittern.models import Transformer
+from bittern.models import ModelConfig, Transformer, build_model
+from bittern.nn import bitlinear_layers
+from bittern.nn.ternary_linear import TernaryLinear
 
 
 @dataclass
@@ -81,3 +86,24 @@ def staged_file(out: str | Path) -> Iterator[Path]:
         tmp.rename(out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def frozen_model(cfg: ModelConfig, state: dict[str, torch.Tensor], where: str) -> Transformer:
+    """A Transformer whose BitLinears are TernaryLinear (scales shaped as stored), filled from `state`.
+
+    `state` uses bittern's names with `<layer>.codes` / `<layer>.scale` for each ternary layer;
+    unknown, missing or misshapen tensors and codes outside {-1, 0, 1} raise BitternError.
+    """
+    model = build_model(cfg)
+    for name, layer in bitlinear_layers(model):
+        codes = state.get(f"{name}.codes")
+        if codes is not None and not torch.isin(codes, torch.tensor([-1, 0, 1], dtype=codes.dtype)).all():
+            raise BitternError(f"{where}: the weights of {name} are not ternary codes in {{-1, 0, 1}}")
+        scale = state.get(f"{name}.scale")
+        shape = () if scale is None or scale.numel() == 1 else tuple(scale.shape)
+        bias, norm, eps = layer.bias is not None, layer.norm is not None, layer.options.norm_eps
+        frozen = TernaryLinear(layer.in_features, layer.out_features, shape, bias, norm, eps)
+        model.set_submodule(name, frozen)
+    state = {k: v.reshape(()) if k.endswith(".scale") and v.numel() == 1 else v for k, v in state.items()}
+    copy_weights(model, state, where, may_be_absent=lambda name: False)
+    return model

@@ -19,12 +19,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from bittern.convert.weights import copy_weights
 from bittern.data.tokenizer import HFTokenizer, Tokenizer
 from bittern.errors import BitternError
-from bittern.models import ModelConfig, Transformer, build_model
-from bittern.nn import bitlinear_layers
-from bittern.nn.ternary_linear import TernaryLinear
+from bittern.export.common import frozen_model
+from bittern.models import ModelConfig, Transformer
 
 KINDS = {
     "run": "run",
@@ -93,25 +91,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise BitternError(f"{path} does not hold a JSON object")
     return data
-
-
-def frozen_model(cfg: ModelConfig, state: dict[str, torch.Tensor], where: str) -> Transformer:
-    """A Transformer whose BitLinears are TernaryLinear (per-tensor scale), filled from `state`.
-
-    `state` uses bittern's names with `<layer>.codes` / `<layer>.scale` for each ternary layer;
-    unknown, missing or misshapen tensors and codes outside {-1, 0, 1} raise BitternError.
-    """
-    model = build_model(cfg)
-    for name, layer in bitlinear_layers(model):
-        codes = state.get(f"{name}.codes")
-        if codes is not None and not torch.isin(codes, torch.tensor([-1, 0, 1], dtype=codes.dtype)).all():
-            raise BitternError(f"{where}: the weights of {name} are not ternary codes in {{-1, 0, 1}}")
-        bias, norm = layer.bias is not None, layer.norm is not None
-        frozen = TernaryLinear(layer.in_features, layer.out_features, (), bias, norm, layer.options.norm_eps)
-        model.set_submodule(name, frozen)
-    state = {k: v.reshape(()) if k.endswith(".scale") and v.numel() == 1 else v for k, v in state.items()}
-    copy_weights(model, state, where, may_be_absent=lambda name: False)
-    return model
 
 
 def sized_to_tokenizer(cfg: ModelConfig, tokenizer: Tokenizer, where: Path) -> ModelConfig:

@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 
 from bittern.data.tokenizer import Tokenizer, load_tokenizer
 from bittern.errors import BitternError
-from bittern.export.common import ExportResult, folder_bytes, load_run, staged_output
+from bittern.export.common import ExportResult, folder_bytes, frozen_model, load_run, staged_output
 from bittern.export.pack import pack_2bit, pack_base3, unpack_2bit, unpack_base3
-from bittern.models import ModelConfig, Transformer, build_model
+from bittern.models import ModelConfig, Transformer
 from bittern.nn import bitlinear_layers
 from bittern.nn.ternary_linear import TernaryLinear
 
@@ -86,25 +86,8 @@ def load_packed(path: str | Path, device: str | torch.device = "cpu") -> tuple[T
     path = Path(path)
     config = _read_config(path)
     unpack = PACKINGS[config["packing"]][1]
-    model = build_model(ModelConfig(**config["model"]))
-    tensors = load_file(str(path / "model.safetensors"))
-    for name, layer in bitlinear_layers(model):
-        scale = tensors.pop(f"{name}.scale")
-        frozen = TernaryLinear(
-            layer.in_features,
-            layer.out_features,
-            tuple(scale.shape),
-            layer.bias is not None,
-            layer.norm is not None,
-            layer.options.norm_eps,
-        )
-        frozen.codes.copy_(unpack(tensors.pop(f"{name}.codes"), config["code_shapes"][name]))
-        frozen.scale.copy_(scale)
-        model.set_submodule(name, frozen)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [k for k in missing if not k.endswith((".codes", ".scale"))]
-    if model.config.tie_embeddings:
-        missing = [k for k in missing if k != "lm_head.weight"]
-    if missing or unexpected:
-        raise BitternError(f"{path} does not match its config: missing {missing}, unexpected {unexpected}")
+    state = load_file(str(path / "model.safetensors"))
+    for name, shape in config["code_shapes"].items():
+        state[f"{name}.codes"] = unpack(state.pop(f"{name}.codes"), shape)
+    model = frozen_model(ModelConfig(**config["model"]), state, str(path))
     return model.to(device).eval(), load_tokenizer(path / "tokenizer")
