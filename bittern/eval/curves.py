@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bittern.monitor.plot import _series
+from bittern.monitor.plot import metric_series
 
 Records = list[dict[str, Any]]
 
@@ -36,10 +36,10 @@ def plot_loss_curves(runs: dict[str, tuple[Records, int]], out: Path) -> Path | 
     drawn = False
     for i, (label, (records, tokens_per_step)) in enumerate(runs.items()):
         colour = f"C{i % 10}"
-        steps, values = _series(records, "loss")
+        steps, values = metric_series(records, "loss")
         if steps:
             ax.plot(_tokens(steps, tokens_per_step), values, color=colour, label=f"{label} train", lw=1)
-        val_steps, val_values = _series(records, "val_loss")
+        val_steps, val_values = metric_series(records, "val_loss")
         if val_steps:
             x = _tokens(val_steps, tokens_per_step)
             ax.plot(x, val_values, color=colour, ls="--", marker="o", ms=3, label=f"{label} val")
@@ -56,7 +56,7 @@ def plot_loss_curves(runs: dict[str, tuple[Records, int]], out: Path) -> Path | 
 
 def plot_health(label: str, records: Records, tokens_per_step: int, out: Path) -> Path | None:
     """One panel per overall ternary-health stat found in `records`; None if there is none."""
-    stats = [(s, _series(records, f"health/{s}")) for s in HEALTH_STATS]
+    stats = [(s, metric_series(records, f"health/{s}")) for s in HEALTH_STATS]
     stats = [(s, series) for s, series in stats if series[0]]
     if not stats:
         return None

@@ -9,7 +9,7 @@ from bittern.checkpoint.load import load_run_config, resolve_checkpoint
 from bittern.errors import BitternError
 from bittern.eval.curves import Records, plot_health, plot_loss_curves
 from bittern.eval.runs import Evaluation
-from bittern.monitor.plot import _load as load_records
+from bittern.monitor.plot import load_records
 
 HEADER = (
     "| run | quant | params | context | tokens | loss (nats/token) | perplexity | bits/byte |\n"

@@ -32,7 +32,7 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _load(path: Path) -> list[dict[str, Any]]:
+def load_records(path: Path) -> list[dict[str, Any]]:
     """The records of metrics.jsonl, or a BitternError naming the file."""
     try:
         records = read_metrics(path)
@@ -45,7 +45,7 @@ def _load(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+def metric_series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of every record that has `key` as a number."""
     points = [(r["step"], _number(r[key])) for r in records if key in r]
     points = [(s, v) for s, v in points if v is not None]
@@ -74,11 +74,11 @@ def _plot(out: Path, series: dict[str, tuple[list[int], list[float]]], ylabel: s
 def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     """Write one PNG per metric group found in `run_dir/metrics.jsonl`; returns their paths."""
     run_dir = Path(run_dir)
-    records = _load(run_dir / "metrics.jsonl")
+    records = load_records(run_dir / "metrics.jsonl")
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
     written = []
     for stem, (keys, ylabel, log) in PLOTS.items():
-        series = {k: s for k in keys if (s := _series(records, k))[0]}
+        series = {k: s for k in keys if (s := metric_series(records, k))[0]}
         if series:
             out_dir.mkdir(parents=True, exist_ok=True)
             written.append(_plot(out_dir / f"{stem}.png", series, ylabel, log))
