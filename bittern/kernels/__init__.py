@@ -4,7 +4,8 @@
 - `weightquant`: ternary weight quantization (absmean reduced on the device), cached per step;
 - `int8_mm`: int8 x int8 -> int32 GEMM with the gamma / s_x rescale fused in the epilogue;
 - `gradquant`: int8 quantization of the output gradient for the int8 backward options;
-- `ops`: all of them as torch custom ops; `function`: BitLinear as one autograd.Function;
+- `ops`: all of them as torch ops (torch.compile traces into them on the GPU);
+- `function`: BitLinear as one autograd.Function;
 - `dispatch`: when BitLinear takes this path, and `configure`, the switch the trainer turns.
 
 Importing this package does not import Triton (the kernel modules do).
@@ -15,6 +16,7 @@ from bittern.kernels.dispatch import (
     clear_weight_cache,
     configure,
     fast_path_available,
+    refresh,
     set_weight_cache,
     use_fast_path,
 )
@@ -24,6 +26,7 @@ __all__ = [
     "clear_weight_cache",
     "configure",
     "fast_path_available",
+    "refresh",
     "set_weight_cache",
     "use_fast_path",
 ]

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bittern.kernels.common import INTERPRET, absmax_quantize, round_to, row_warps, sm_count, tl_dtype
+from bittern.kernels.common import INTERPRET, absmax_quantize, launch, round_to, row_warps, sm_count, tl_dtype
 from bittern.quant.core import dequantize_activations, quantize_activations
 
 # ---- reference -------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def rmsnorm_quant(
         return codes, scale, rstd
     y_dtype = x.dtype if weight is None else torch.promote_types(weight.dtype, x.dtype)
     block = triton.next_power_of_2(K)
-    _rmsnorm_quant_kernel[(M,)](
+    launch(_rmsnorm_quant_kernel)[(M,)](
         x,
         x if weight is None else weight,
         codes,
@@ -180,12 +180,12 @@ def rmsnorm_quant_backward(
     dx = torch.empty_like(x)
     if M == 0:
         return dx, torch.zeros_like(weight)
-    programs = min(M, 4 * sm_count(x.device))
-    rows = triton.cdiv(M, programs)
+    # a symbolic M (torch.compile's dynamic shapes) cannot pick a constexpr: a fixed 16 rows then
+    rows = triton.cdiv(M, min(M, 4 * sm_count(x.device))) if isinstance(M, int) else 16
     programs = triton.cdiv(M, rows)
     part = torch.empty((programs, K), dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(K)
-    _rmsnorm_quant_bwd_kernel[(programs,)](
+    launch(_rmsnorm_quant_bwd_kernel)[(programs,)](
         grad,
         x,
         weight,
@@ -209,7 +209,7 @@ def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     out = torch.empty((M, K), dtype=dtype, device=codes.device)
     if M:
         block = triton.next_power_of_2(K)
-        _dequantize_rows_kernel[(M,)](
+        launch(_dequantize_rows_kernel)[(M,)](
             codes, scale, out, K, BLOCK_K=block, INTERPRET=INTERPRET, num_warps=row_warps(block)
         )
     return out

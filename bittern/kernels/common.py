@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import custom_op, triton_op, wrap_triton
 from triton.language.extra import libdevice
 
 from bittern.quant.core import ACT_QMAX, ACT_QMIN, EPS
@@ -24,6 +25,30 @@ INTERPRET: bool = bool(triton.knobs.runtime.interpret)
 MAGIC = 12582912.0
 
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def launch(kernel):
+    """`kernel`, launched as `launch(kernel)[grid](...)` so that torch.compile can trace the launch.
+
+    On the GPU the launch goes through `wrap_triton`: inside a `kernel_op`, Inductor then
+    launches the kernel from its generated code. The interpreter's kernels launch directly.
+    """
+    return kernel if INTERPRET else wrap_triton(kernel)
+
+
+def kernel_op(name: str):
+    """Decorator registering a torch op whose body launches kernels through `launch`.
+
+    On the GPU a `triton_op`, which torch.compile traces into (no Python op dispatch in the
+    compiled code); under the interpreter an opaque `custom_op` (Inductor cannot compile
+    interpreted kernels).
+    """
+    return (custom_op if INTERPRET else triton_op)(name, mutates_args=())
+
+
+def bucket(n):
+    """The autotuners' key for a token count: its next power of two (a symbolic size as it is)."""
+    return triton.next_power_of_2(n) if isinstance(n, int) else n
 
 
 def tl_dtype(dtype: torch.dtype):

@@ -7,8 +7,12 @@ scales, progressive-quantization blends, `kernels.enabled = false`) takes the re
 Whether lambda is 1 lives on the device (the `weight_lambda` / `act_lambda` buffers). Eager
 calls read it on the host only when a buffer's version counter has moved since the last read
 (one synchronization per change of lambda). A compiled model cannot do that inside its graph,
-so it uses the answer `configure` recorded: call `configure` again after changing lambda on a
-compiled model (the kernels refuse, with an error, to run on a lambda that is not 1).
+so it uses the answer last recorded on the layer: by `BitLinear.set_lambda` (the way the
+trainer and `set_quant_lambda` change lambda) or by `configure`. A compiled model whose lambda
+buffers were written some other way needs `configure` again.
+
+The fast path's weight codes are cached (`WeightCache`) and bound to each layer (`CODES_ATTR`),
+where a compiled graph reads them; `refresh` re-checks them against the weights.
 
 This module imports neither Triton nor the kernels; `fast_forward` imports them on first use.
 """
@@ -25,6 +29,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 OPTIONS_ATTR = "_bittern_kernels"  # KernelOptions set on a BitLinear by `configure`
 LAMBDA_ATTR = "_bittern_lambda_is_one"  # host-side record of "both lambdas are 1"
+CODES_ATTR = "_bittern_codes"  # (codes, gamma, codes^T or None) of the weight, from the cache
 FAST_GRANULARITIES = ("tensor", "channel")
 MAX_IN_FEATURES = 32768  # the fused norm kernel holds one row in registers
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -86,7 +91,7 @@ class HostScalars:
 HOST_SCALARS = HostScalars()
 
 
-def _lambdas_are_one(layer: nn.Module) -> bool:
+def lambdas_are_one(layer: nn.Module) -> bool:
     """Both blend buffers of `layer` are 1; under torch.compile, what was last recorded."""
     if torch.compiler.is_compiling():
         return getattr(layer, LAMBDA_ATTR, False)
@@ -109,7 +114,7 @@ def use_fast_path(layer: nn.Module, x: torch.Tensor) -> bool:
             return False
     elif not fast_path_available():
         return False
-    return _lambdas_are_one(layer)
+    return lambdas_are_one(layer)
 
 
 def fast_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -127,9 +132,7 @@ def configure(model: nn.Module, cfg=None) -> int:
     model is built and on its device, and again after changing lambda if the model runs
     compiled. Returns how many layers will take the fast path.
     """
-    from bittern.nn.bitlinear import BitLinear
-
-    layers = [m for m in model.modules() if isinstance(m, BitLinear) and m.quantized]
+    layers = _quantized_layers(model)
     available = fast_path_available()
     # one instance shared by every layer: one compiled block then serves all blocks
     shared = None if cfg is None else KernelOptions(cfg.enabled, cfg.grad_input_int8, cfg.grad_weight_int8)
@@ -138,11 +141,45 @@ def configure(model: nn.Module, cfg=None) -> int:
         if shared is not None:
             setattr(layer, OPTIONS_ATTR, shared)
         opts = getattr(layer, OPTIONS_ATTR, DEFAULT_OPTIONS)
-        one = _lambdas_are_one(layer)
+        one = lambdas_are_one(layer)
         supported = layer.weight.device.type in FAST_DEVICE_TYPES
         supported = supported and layer.options.granularity in FAST_GRANULARITIES
         fast += bool(available and opts.enabled and supported and one)
+    refresh(model)
     return fast
+
+
+def _quantized_layers(model: nn.Module) -> list[nn.Module]:
+    from bittern.nn.bitlinear import BitLinear
+
+    return [m for m in model.modules() if isinstance(m, BitLinear) and m.quantized]
+
+
+def refresh(model: nn.Module) -> None:
+    """Check every fast-path layer's cached ternary codes against its weight and bind them.
+
+    Eager calls do this themselves; a compiled model reads the bound codes, which optimizer
+    steps refresh. After writing the weights of a compiled model any other way
+    (`load_state_dict`, a rollback), call this before the next forward (the trainer calls it
+    before every step).
+    """
+    if not fast_path_available():
+        return
+    from bittern.kernels.function import weight_codes
+    from bittern.kernels.weightquant import WEIGHT_CACHE
+
+    if not WEIGHT_CACHE.enabled:
+        return
+    for layer in _quantized_layers(model):
+        opts = getattr(layer, OPTIONS_ATTR, DEFAULT_OPTIONS)
+        if (
+            opts.enabled
+            and layer.weight.device.type in FAST_DEVICE_TYPES
+            and layer.options.granularity in FAST_GRANULARITIES
+            and layer.weight.is_contiguous()
+            and getattr(layer, LAMBDA_ATTR, False)
+        ):
+            weight_codes(layer, opts.grad_input_int8)
 
 
 def set_weight_cache(enabled: bool) -> None:

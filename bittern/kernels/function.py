@@ -1,12 +1,16 @@
-"""BitLinear at lambda = 1 as one autograd.Function over the custom ops of `bittern.kernels.ops`.
+"""BitLinear at lambda = 1 as one autograd.Function over the ops of `bittern.kernels.ops`.
 
-Forward: fused RMSNorm + int8 quantization of x, then the int8 GEMM against the cached
-ternary weight with gamma / s_x applied in the epilogue. Saved for backward: x (only for the
-norm's backward), the int8 codes and s_x (not a 16-bit copy of the activation), rstd.
-Backward, straight-through like the reference: grad_input through W_q * gamma, then the
-norm's backward; grad_weight = grad^T @ (codes / s_x). Numerically it is the reference
-layer with one difference: the forward product is exact (int32) where the reference
-rounds its operands to the autocast dtype.
+Forward (`bitlinear_forward`): fused RMSNorm + int8 quantization of x, then the int8 GEMM
+against the ternary codes with gamma / s_x applied in the epilogue. Saved for backward: x
+(only for the norm's backward), the int8 codes and s_x (not a 16-bit copy of the
+activation), rstd, and the weight's codes. Backward, straight-through like the reference:
+grad_input through W_q * gamma, then the norm's backward; grad_weight = grad^T @ (codes / s_x).
+Numerically it is the reference layer with one difference: the forward product is exact
+(int32) where the reference rounds its operands to the autocast dtype.
+
+The weight's codes come from `WEIGHT_CACHE` (one ternarization per optimizer step), bound to
+the layer so that a compiled graph takes them as inputs; with the cache off (FSDP2), from
+`ternarize` inside the forward.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import torch
 from torch import nn
 
 import bittern.kernels.ops  # noqa: F401  (registers torch.ops.bittern.*)
+from bittern.kernels.dispatch import CODES_ATTR, lambdas_are_one
+from bittern.kernels.weightquant import WEIGHT_CACHE
 
 ops = torch.ops.bittern
 
@@ -28,39 +34,37 @@ class BitLinearFunction(torch.autograd.Function):
         x: torch.Tensor,
         norm_weight: torch.Tensor | None,
         weight: torch.Tensor,
-        weight_lambda: torch.Tensor,
-        act_lambda: torch.Tensor,
+        w_codes: torch.Tensor,
+        gamma: torch.Tensor,
+        w_codes_t: torch.Tensor | None,
         eps: float,
-        gamma_multiplier: float,
-        per_channel: bool,
         out_dtype: torch.dtype,
         grad_input_int8: bool,
         grad_weight_int8: bool,
     ) -> torch.Tensor:
-        codes, scale, rstd = ops.rmsnorm_quant(x, norm_weight, eps)
-        y = ops.ternary_linear(
-            codes, scale, weight, weight_lambda, act_lambda, gamma_multiplier, per_channel, out_dtype
-        )
-        ctx.save_for_backward(x if norm_weight is not None else None, norm_weight, weight, codes, scale, rstd)
-        ctx.x_dtype = x.dtype
-        ctx.settings = (gamma_multiplier, per_channel, grad_input_int8, grad_weight_int8)
+        y, codes, scale, rstd = ops.bitlinear_forward(x, norm_weight, w_codes, gamma, eps, out_dtype)
+        x_saved = x if norm_weight is not None else None
+        ctx.save_for_backward(x_saved, norm_weight, w_codes, gamma, w_codes_t, codes, scale, rstd)
+        ctx.dtypes = (x.dtype, weight.dtype)
+        ctx.options = (grad_input_int8, grad_weight_int8)
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, norm_weight, weight, codes, scale, rstd = ctx.saved_tensors
-        gamma_multiplier, per_channel, grad_input_int8, grad_weight_int8 = ctx.settings
+        x, norm_weight, w_codes, gamma, w_codes_t, codes, scale, rstd = ctx.saved_tensors
+        x_dtype, w_dtype = ctx.dtypes
+        grad_input_int8, grad_weight_int8 = ctx.options
         grad = grad.contiguous()
         dx = dnorm = dweight = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dy = ops.ternary_linear_grad_input(grad, weight, gamma_multiplier, per_channel, grad_input_int8)
+            dy = ops.bitlinear_grad_input(grad, w_codes, gamma, w_codes_t, grad_input_int8)
             if norm_weight is None:
-                dx = dy.to(ctx.x_dtype)
+                dx = dy.to(x_dtype)
             else:
                 dx, dnorm = ops.rmsnorm_quant_backward(dy, x, norm_weight, rstd)
         if ctx.needs_input_grad[2]:
-            dweight = ops.ternary_linear_grad_weight(grad, codes, scale, grad_weight_int8, weight.dtype)
-        return dx, dnorm, dweight, None, None, None, None, None, None, None, None
+            dweight = ops.bitlinear_grad_weight(grad, codes, scale, grad_weight_int8, w_dtype)
+        return dx, dnorm, dweight, None, None, None, None, None, None, None
 
 
 def output_dtype(layer: nn.Module, x: torch.Tensor) -> torch.dtype:
@@ -70,22 +74,52 @@ def output_dtype(layer: nn.Module, x: torch.Tensor) -> torch.dtype:
     return x.dtype if layer.norm is None else torch.promote_types(layer.norm.weight.dtype, x.dtype)
 
 
+def weight_codes(
+    layer: nn.Module, transposed: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(codes, gamma, codes^T or None) of `layer.weight`: cached and bound to the layer, or fresh.
+
+    Eagerly the cache is asked on every call (it refreshes codes whose weight changed) and the
+    answer bound to the layer; a compiled graph reads the bound tensors (refreshed in place
+    after every optimizer step; `bittern.kernels.refresh` re-checks them after other writes).
+    """
+    o = layer.options
+    per_channel = o.granularity == "channel"
+    if not WEIGHT_CACHE.enabled:
+        codes, gamma = ops.ternarize(layer.weight.detach(), o.gamma_multiplier, per_channel)
+        return codes, gamma, None
+    bound = getattr(layer, CODES_ATTR, None)
+    if torch.compiler.is_compiling():
+        if bound is None or (transposed and bound[2] is None):  # never run eagerly nor configured
+            codes, gamma = ops.ternarize(layer.weight.detach(), o.gamma_multiplier, per_channel)
+            return codes, gamma, None
+        return bound
+    bound = WEIGHT_CACHE.lookup(layer.weight, o.gamma_multiplier, per_channel, transposed)
+    setattr(layer, CODES_ATTR, bound)
+    return bound
+
+
 def bitlinear_fast(
     layer: nn.Module, x: torch.Tensor, grad_input_int8: bool = False, grad_weight_int8: bool = False
 ) -> torch.Tensor:
     """BitLinear `layer` applied to x (..., in_features) through `BitLinearFunction` (lambda must be 1)."""
+    if not lambdas_are_one(layer):
+        raise RuntimeError(
+            "bittern's fused kernels run only at progressive-quantization lambda = 1; after writing "
+            "lambda other than through BitLinear.set_lambda, call bittern.kernels.configure(model)"
+        )
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     norm = layer.norm
+    w_codes, gamma, w_codes_t = weight_codes(layer, grad_input_int8)
     y = BitLinearFunction.apply(
         x2,
         None if norm is None else norm.weight,
         layer.weight,
-        layer.weight_lambda,
-        layer.act_lambda,
+        w_codes,
+        gamma,
+        w_codes_t,
         0.0 if norm is None else norm.eps,
-        layer.options.gamma_multiplier,
-        layer.options.granularity == "channel",
         output_dtype(layer, x),
         grad_input_int8,
         grad_weight_int8,

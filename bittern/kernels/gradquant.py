@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bittern.kernels.common import INTERPRET, absmax_quantize, round_half_even, row_warps
+from bittern.kernels.common import INTERPRET, absmax_quantize, launch, round_half_even, row_warps
 from bittern.quant.core import quantize_activations
 
 # ---- reference -------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def quantize_grad_rows(grad: torch.Tensor, col: torch.Tensor) -> tuple[torch.Ten
     scale = torch.empty(M, dtype=torch.float32, device=grad.device)
     if M:
         block = triton.next_power_of_2(N)
-        _quantize_rows_kernel[(M,)](
+        launch(_quantize_rows_kernel)[(M,)](
             grad,
             col,
             codes,
@@ -131,11 +131,11 @@ def quantize_grad_cols(grad: torch.Tensor, x_scale: torch.Tensor) -> tuple[torch
     bm, bn = 64, 64
     grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
     part = torch.empty((grid[0], N), dtype=torch.float32, device=grad.device)
-    _col_absmax_kernel[grid](grad, x_scale, part, M, N, BLOCK_M=bm, BLOCK_N=bn)
+    launch(_col_absmax_kernel)[grid](grad, x_scale, part, M, N, BLOCK_M=bm, BLOCK_N=bn)
     amax = part.amax(0)
     codes = torch.empty((N, M), dtype=torch.int8, device=grad.device)
     scale = torch.empty(N, dtype=torch.float32, device=grad.device)
-    _quantize_cols_t_kernel[grid](
+    launch(_quantize_cols_t_kernel)[grid](
         grad, x_scale, amax, codes, scale, M, N, BLOCK_M=bm, BLOCK_N=bn, INTERPRET=INTERPRET
     )
     return codes, scale

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bittern.kernels.common import INTERPRET, round_to
+from bittern.kernels.common import INTERPRET, bucket, launch, round_to
 
 # Tile shapes tried by the autotuner on the GPU (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages);
 # shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes, at most 227 KB in all on Hopper.
@@ -147,7 +147,8 @@ def int8_mm(
         return c
     if K == 0:
         return c.zero_()
-    args = (a, b, c, row_scale if row_scale is not None else c, col_scale if col_scale is not None else c)
+    # an absent scale is never read: any read-only pointer stands in (not c: no aliasing of the output)
+    args = (a, b, c, row_scale if row_scale is not None else a, col_scale if col_scale is not None else a)
     flags = dict(
         HAS_ROW=row_scale is not None,
         HAS_COL=col_scale is not None,
@@ -155,15 +156,15 @@ def int8_mm(
     )
     if config is None and a.device.type == "cuda" and not INTERPRET:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-        _int8_mm_autotuned[grid](*args, M, N, triton.next_power_of_2(M), K, **flags, INTERPRET=False)
+        launch(_int8_mm_autotuned)[grid](*args, M, N, bucket(M), K, **flags, INTERPRET=False)
         return c
     bm, bn, bk, warps, stages = config or INTERPRETER_CONFIG
     grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-    _int8_mm_kernel[grid](
+    launch(_int8_mm_kernel)[grid](
         *args,
         M,
         N,
-        triton.next_power_of_2(M),
+        bucket(M),
         K,
         **flags,
         BLOCK_M=bm,

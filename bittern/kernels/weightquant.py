@@ -6,9 +6,11 @@ weight's own (out, in) layout, K-contiguous as Hopper's int8 tensor cores want i
 is reduced on the device in two launches (partial sums, then every program of the
 quantizing launch sums the partials itself), so nothing waits on the host.
 
-`WeightCache` keeps the codes of each latent weight until its version counter moves or any
-torch optimizer takes a step, so the codes are made once per optimizer step however many
-micro-batches and backward passes read them. The optimizer hook is needed: fused AdamW
+`WeightCache` keeps the codes of each latent weight and rewrites them in place after every
+torch optimizer step (and when a lookup sees the weight's version counter move), so the
+codes are made once per optimizer step however many micro-batches and backward passes read
+them, and a compiled graph that took them as inputs sees each step's. The optimizer hook is
+needed: fused AdamW
 (`fused=True`, the trainer's choice on CUDA) writes the parameters in place without moving
 their version counters, and a cache trusting them alone would keep the first step's codes
 forever (the model would train its norms and embeddings only).
@@ -16,6 +18,7 @@ forever (the model would train its norms and embeddings only).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +27,7 @@ import triton.language as tl
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from bittern.kernels.common import INTERPRET, round_half_even, round_to
+from bittern.kernels.common import INTERPRET, launch, round_half_even, round_to
 from bittern.quant.core import ternarize
 
 MAX_PARTIALS = 1024
@@ -132,18 +135,27 @@ def _dequantize_weight_kernel(
 
 
 def ternarize_weight(
-    w: torch.Tensor, gamma_multiplier: float = 1.0, per_channel: bool = False
+    w: torch.Tensor,
+    gamma_multiplier: float = 1.0,
+    per_channel: bool = False,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kernel version of `ternarize_reference` for a contiguous (out, in) weight."""
+    """Kernel version of `ternarize_reference` for a contiguous (out, in) weight.
+
+    `out`: (codes, gamma) tensors to write in place (the cache refreshes its entries so).
+    """
     assert w.dim() == 2 and w.is_contiguous()
     N, K = w.shape
     dev = w.device
-    codes = torch.empty((N, K), dtype=torch.int8, device=dev)
-    gamma = torch.empty(N if per_channel else 1, dtype=torch.float32, device=dev)
+    if out is None:
+        codes = torch.empty((N, K), dtype=torch.int8, device=dev)
+        gamma = torch.empty(N if per_channel else 1, dtype=torch.float32, device=dev)
+    else:
+        codes, gamma = out
     block_k = min(2048, triton.next_power_of_2(K))
     if per_channel:
         part, n_part, part_block = gamma, 1, 1
-        _row_gamma_kernel[(N,)](
+        launch(_row_gamma_kernel)[(N,)](
             w, gamma, K, gamma_multiplier, ITERS=triton.cdiv(K, block_k), BLOCK_K=block_k, num_warps=4
         )
     else:
@@ -152,9 +164,9 @@ def ternarize_weight(
         n_part = triton.cdiv(w.numel(), iters * block)
         part = torch.empty(n_part, dtype=torch.float32, device=dev)
         part_block = triton.next_power_of_2(n_part)
-        _abs_sum_kernel[(n_part,)](w, part, w.numel(), ITERS=iters, BLOCK=block, num_warps=8)
+        launch(_abs_sum_kernel)[(n_part,)](w, part, w.numel(), ITERS=iters, BLOCK=block, num_warps=8)
     bn, bk = 32, min(256, triton.next_power_of_2(K))
-    _ternarize_kernel[(triton.cdiv(N, bn), triton.cdiv(K, bk))](
+    launch(_ternarize_kernel)[(triton.cdiv(N, bn), triton.cdiv(K, bk))](
         w,
         codes,
         gamma,
@@ -179,7 +191,7 @@ def dequantize_weight(codes: torch.Tensor, gamma: torch.Tensor, dtype: torch.dty
     N, K = codes.shape
     out = torch.empty((N, K), dtype=dtype, device=codes.device)
     bn, bk = 32, min(256, triton.next_power_of_2(K))
-    _dequantize_weight_kernel[(triton.cdiv(N, bn), triton.cdiv(K, bk))](
+    launch(_dequantize_weight_kernel)[(triton.cdiv(N, bn), triton.cdiv(K, bk))](
         codes,
         gamma,
         out,
@@ -199,6 +211,7 @@ def dequantize_weight(codes: torch.Tensor, gamma: torch.Tensor, dtype: torch.dty
 
 @dataclass
 class _Entry:
+    weight: weakref.ref
     storage: StorageWeakRef
     version: int
     codes: torch.Tensor
@@ -209,17 +222,23 @@ class _Entry:
 
 
 class WeightCache:
-    """Ternary codes per latent weight, valid while the weight's storage lives and its version holds.
+    """Ternary codes per latent weight, refreshed in place whenever the weight may have changed.
 
-    One entry per storage (held by a weak reference, as torch's own caches do), valid for one
-    address, view, dtype and quantizer settings; recomputed when `weight._version` moves or
-    the generation moves (`new_generation`: after every optimizer step). Other writes that
-    bypass the version counter (through `.data`, or FSDP2's all-gather into its unsharded
-    buffers) need `clear()` or the cache off (`set_weight_cache(False)`).
+    One entry per storage (held by weak references, as torch's own caches do), valid for one
+    address, view, dtype and quantizer settings. An entry's tensors keep their addresses for
+    its whole life: they are rewritten in place, so a compiled graph that took them as inputs
+    (`bittern.kernels.dispatch.bind_codes`) always reads the current codes. Refreshes happen
+    after every optimizer step (`refresh_all`, from a global optimizer hook) and on a lookup
+    that sees `weight._version` moved. Other writes that bypass the version counter (through
+    `.data`, or FSDP2's all-gather into its unsharded buffers) need `refresh_all()` or the
+    cache off (`set_weight_cache(False)`).
+
+    An in-place refresh overwrites codes that a pending backward saved, so a weight must not
+    change between a forward and its backward (no optimizer step in between).
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple, _Entry] = {}
+        self._entries: dict[int, _Entry] = {}
         self.enabled = True
         self.misses = 0  # ternarizations done: one per weight per optimizer step when caching works
         self.generation = 0
@@ -230,6 +249,16 @@ class WeightCache:
     def new_generation(self) -> None:
         """Every entry is stale from now on (the weights may have changed unseen)."""
         self.generation += 1
+
+    def refresh_all(self) -> None:
+        """Re-ternarize every live entry in place now (after an optimizer step)."""
+        self.new_generation()
+        for key, entry in list(self._entries.items()):
+            w = entry.weight()
+            if w is None or entry.storage.expired() or _view(w, *entry.view[-2:]) != entry.view:
+                del self._entries[key]
+            else:
+                self._refresh(entry, w)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -246,39 +275,57 @@ class WeightCache:
         # one entry per storage: a storage that is resized and refilled (FSDP2's unsharded
         # parameters) replaces its entry instead of piling up new ones
         key = storage._cdata
-        view = (
-            w.data_ptr(),
-            tuple(w.shape),
-            tuple(w.stride()),
-            w.dtype,
-            float(gamma_multiplier),
-            bool(per_channel),
-        )
+        view = _view(w, gamma_multiplier, per_channel)
         entry = self._entries.get(key)
-        stale = (
-            entry is None
-            or entry.storage.expired()
-            or entry.version != w._version
-            or entry.view != view
-            or entry.generation != self.generation
-        )
-        if stale:
+        if entry is None or entry.storage.expired() or entry.view != view:
             self._drop_expired()
             self.misses += 1
             codes, gamma = ternarize_weight(w, gamma_multiplier, per_channel)
             entry = _Entry(
-                StorageWeakRef(storage), w._version, codes, gamma, view=view, generation=self.generation
+                weakref.ref(w),
+                StorageWeakRef(storage),
+                w._version,
+                codes,
+                gamma,
+                view=view,
+                generation=self.generation,
             )
             self._entries[key] = entry
+        else:
+            if entry.weight() is not w:  # the same storage seen through another tensor object
+                entry.weight = weakref.ref(w)
+            if entry.version != w._version or entry.generation != self.generation:
+                self._refresh(entry, w)
         if transposed and entry.codes_t is None:
             entry.codes_t = entry.codes.t().contiguous()
         return entry.codes, entry.gamma, entry.codes_t
 
+    def _refresh(self, entry: _Entry, w: torch.Tensor) -> None:
+        self.misses += 1
+        per_channel = entry.view[-1]
+        ternarize_weight(w, entry.view[-2], per_channel, out=(entry.codes, entry.gamma))
+        if entry.codes_t is not None:
+            entry.codes_t.copy_(entry.codes.t())
+        entry.version, entry.generation = w._version, self.generation
+
     def _drop_expired(self) -> None:
-        for key in [k for k, e in self._entries.items() if e.storage.expired()]:
+        for key in [k for k, e in self._entries.items() if e.storage.expired() or e.weight() is None]:
             del self._entries[key]
 
 
+def _view(w: torch.Tensor, gamma_multiplier: float, per_channel: bool) -> tuple:
+    """What an entry's codes depend on besides the weight's values."""
+    return (
+        w.data_ptr(),
+        tuple(w.shape),
+        tuple(w.stride()),
+        w.dtype,
+        float(gamma_multiplier),
+        bool(per_channel),
+    )
+
+
 WEIGHT_CACHE = WeightCache()
-# any optimizer's step (fused ones included) may have rewritten any weight
-register_optimizer_step_post_hook(lambda optimizer, args, kwargs: WEIGHT_CACHE.new_generation())
+# any optimizer's step (fused ones included) may have rewritten any weight: refresh the codes
+# now, in place, so that compiled graphs holding them see the new ones
+register_optimizer_step_post_hook(lambda optimizer, args, kwargs: WEIGHT_CACHE.refresh_all())

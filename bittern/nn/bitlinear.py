@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bittern.kernels.dispatch import fast_forward, use_fast_path
+from bittern.kernels.dispatch import LAMBDA_ATTR, fast_forward, use_fast_path
 from bittern.nn.norm import RMSNorm
 from bittern.quant.core import GRANULARITIES
 from bittern.quant.ste import STE_FORMS, fake_quant_activations, fake_quant_weight
@@ -72,6 +72,7 @@ class BitLinear(nn.Linear):
             self.norm.to(device=device, dtype=dtype)
         self.register_buffer("weight_lambda", torch.ones((), device=device), persistent=False)
         self.register_buffer("act_lambda", torch.ones((), device=device), persistent=False)
+        setattr(self, LAMBDA_ATTR, True)
 
     @property
     def quantized(self) -> bool:
@@ -102,6 +103,7 @@ class BitLinear(nn.Linear):
                 raise ValueError(f"lambda must be in [0, 1], got {value}")
         self.weight_lambda.fill_(weight)
         self.act_lambda.fill_(act)
+        setattr(self, LAMBDA_ATTR, weight == 1.0 and act == 1.0)  # what a compiled model goes by
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

@@ -44,6 +44,7 @@ from bittern.distributed import (
 from bittern.errors import BitternError, TrainingStopped
 from bittern.eval import evaluate
 from bittern.kernels import configure as configure_kernels
+from bittern.kernels import refresh as refresh_kernels
 from bittern.kernels import set_weight_cache
 from bittern.models import build_model
 from bittern.monitor import (
@@ -312,6 +313,7 @@ class Trainer:
         """Accumulate gradients over the micro-batches of this step; return the mean loss."""
         t, g = self.cfg.train, self.cfg.guard
         batch = self.step + self.data_offset
+        refresh_kernels(self.model)  # weights written outside an optimizer step (a rollback, a resume)
         total = torch.zeros((), device=self.device)
         self.loss_parts: dict[str, torch.Tensor] = {}
         for m in range(self.accum):
@@ -408,6 +410,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         t = self.cfg.train
+        refresh_kernels(self.model)
         return evaluate(
             self.forward, self.data, t.seq_len, self.micro, t.eval_batches or None, self.device, self.autocast
         )

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import bittern.kernels
 import bittern.nn.bitlinear as bitlinear_module
 from bittern.config import KernelsConfig
 from bittern.kernels import KernelOptions, configure, use_fast_path
@@ -153,10 +154,23 @@ def test_compiles_without_graph_breaks():
     # the cached codes follow the optimizer's in-place update inside the compiled graph too
     torch.optim.SGD(model.parameters(), lr=0.5).step()
     torch.testing.assert_close(compiled(x), _reference(model, x), rtol=1e-5, atol=1e-6)
-    # a compiled model cannot see lambda move: the kernels refuse until configure() re-records it
+    # weights written outside an optimizer step: `refresh` brings the bound codes up to date
+    with torch.no_grad():
+        model.load_state_dict({k: v * 1.5 for k, v in model.state_dict().items()})
+    bittern.kernels.refresh(model)
+    torch.testing.assert_close(compiled(x), _reference(model, x), rtol=1e-5, atol=1e-6)
+    # set_lambda records lambda < 1 on the host: the compiled model recompiles to the reference path
     set_quant_lambda(model, 0.5)
+    torch.testing.assert_close(compiled(x), _reference(model, x), rtol=0, atol=0)
+    # lambda written behind set_lambda's back: eager refuses, configure() re-records it
+    set_quant_lambda(model, 1.0)
+    layers = [m for m in model.modules() if isinstance(m, BitLinear)]
+    for layer in layers:
+        layer.weight_lambda.fill_(0.5)
+    from bittern.kernels.function import bitlinear_fast
+
     with pytest.raises(RuntimeError, match="configure"):
-        compiled(x)
+        bitlinear_fast(layers[0], x)
     assert configure(model) == 0
     torch.testing.assert_close(compiled(x), _reference(model, x), rtol=0, atol=0)
 

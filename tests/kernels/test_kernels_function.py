@@ -97,18 +97,24 @@ def _op_cases():
     x, nw = torch.randn(6, 40, generator=g), torch.rand(40, generator=g) + 0.5
     w = torch.randn(24, 40, generator=g) * 0.05
     codes, scale, rstd = ops.rmsnorm_quant(x, nw, 1e-5)
-    grad, one = torch.randn(6, 24, generator=g), torch.ones(())
+    grad = torch.randn(6, 24, generator=g)
+    w_codes, gamma = ops.ternarize(w, 1.0, False)
     return {
         "rmsnorm_quant": (ops.rmsnorm_quant, (x, nw, 1e-5)),
         "rmsnorm_quant_no_norm": (ops.rmsnorm_quant, (x.bfloat16(), None, 1e-5)),
         "rmsnorm_quant_backward": (ops.rmsnorm_quant_backward, (torch.randn_like(x), x, nw, rstd)),
         "ternarize": (ops.ternarize, (w, 1.0, True)),
         "int8_mm": (ops.int8_mm, (codes, codes[:5].contiguous(), scale, None, torch.float32)),
-        "ternary_linear": (ops.ternary_linear, (codes, scale, w, one, one, 1.0, False, torch.bfloat16)),
-        "grad_input": (ops.ternary_linear_grad_input, (grad, w, 1.0, False, False)),
-        "grad_input_int8": (ops.ternary_linear_grad_input, (grad, w, 1.0, True, True)),
-        "grad_weight": (ops.ternary_linear_grad_weight, (grad, codes, scale, False, torch.float32)),
-        "grad_weight_int8": (ops.ternary_linear_grad_weight, (grad, codes, scale, True, torch.float32)),
+        "bitlinear_forward": (ops.bitlinear_forward, (x, nw, w_codes, gamma, 1e-5, torch.bfloat16)),
+        "bitlinear_forward_no_norm": (ops.bitlinear_forward, (x, None, w_codes, gamma, 1e-5, torch.float32)),
+        "grad_input": (ops.bitlinear_grad_input, (grad, w_codes, gamma, None, False)),
+        "grad_input_int8": (ops.bitlinear_grad_input, (grad, w_codes, gamma, None, True)),
+        "grad_input_int8_t": (
+            ops.bitlinear_grad_input,
+            (grad, w_codes, gamma, w_codes.t().contiguous(), True),
+        ),
+        "grad_weight": (ops.bitlinear_grad_weight, (grad, codes, scale, False, torch.float32)),
+        "grad_weight_int8": (ops.bitlinear_grad_weight, (grad, codes, scale, True, torch.float32)),
     }
 
 

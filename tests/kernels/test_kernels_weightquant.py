@@ -8,7 +8,12 @@ import torch
 pytest.importorskip("triton")
 
 from bittern.kernels import weightquant  # noqa: E402
-from bittern.kernels.weightquant import WeightCache, ternarize_reference, ternarize_weight  # noqa: E402
+from bittern.kernels.weightquant import (  # noqa: E402
+    WEIGHT_CACHE,
+    WeightCache,
+    ternarize_reference,
+    ternarize_weight,
+)
 
 
 def _w(rows: int, cols: int, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
@@ -61,9 +66,28 @@ def test_cache_reuses_until_the_weight_changes():
     opt = torch.optim.SGD([w], lr=1.0)
     w.grad = torch.randn_like(w)
     opt.step()  # an in-place update moves the version counter
+    before = codes.clone()
     fresh, _, _ = cache.lookup(w, 1.0, False)
-    assert fresh is not codes
+    assert fresh is codes  # rewritten in place: a compiled graph holding it reads the new codes
     assert torch.equal(fresh, ternarize_reference(w.detach(), 1.0, False)[0])
+    assert not torch.equal(fresh, before)
+
+
+def test_any_optimizer_step_refreshes_the_global_cache_in_place():
+    w = torch.nn.Parameter(_w(16, 32, seed=5))
+    codes, gamma, codes_t = WEIGHT_CACHE.lookup(w, 1.0, False, transposed=True)
+    before = codes.clone()
+    try:
+        w.data.neg_()  # a write the version counter does not see (as fused AdamW's)
+        other = torch.nn.Parameter(torch.zeros(3))
+        other.grad = torch.ones(3)
+        torch.optim.SGD([other], lr=0.1).step()  # some optimizer steps: every entry is refreshed
+        assert torch.equal(codes, -before)
+        assert torch.equal(codes, ternarize_reference(w.detach(), 1.0, False)[0])
+        assert torch.equal(gamma, ternarize_reference(w.detach(), 1.0, False)[1])
+        assert torch.equal(codes_t, codes.t())
+    finally:
+        WEIGHT_CACHE.clear()
 
 
 def test_cache_keys_settings_and_forgets_dead_weights():
