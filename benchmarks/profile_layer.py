@@ -6,7 +6,9 @@ with torch.profiler and writes, per variant: wall time per pass, summed GPU kern
 pass (so wall - GPU is time the GPU sat idle waiting on the host), host time per pass, and
 the kernels that take the most GPU time. JSON out, a summary printed.
 
-    PYTHONPATH=. python benchmarks/profile_layer.py --out profile.json
+    PYTHONPATH=. python benchmarks/profile_layer.py --out profile.json [--compiled]
+
+The fused layer's cached codes are refreshed after every pass, as an optimizer step does.
 """
 
 from __future__ import annotations
@@ -44,13 +46,22 @@ def one_pass(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> None:
     with torch.autocast("cuda", torch.bfloat16):
         y = layer(x)
     y.backward(g)
-    with torch.no_grad():  # the optimizer's write: the next pass re-quantizes the weight
+    with torch.no_grad():  # the optimizer's write, and the re-quantization its step hook triggers
         layer.weight.add_(0.0)
+    refresh_codes()
 
 
-def profile(kind: str, k: int, n: int) -> dict:
+def refresh_codes() -> None:
+    from bittern.kernels.weightquant import WEIGHT_CACHE
+
+    WEIGHT_CACHE.refresh_all()
+
+
+def profile(kind: str, k: int, n: int, compiled: bool) -> dict:
     torch.manual_seed(0)
     layer = make_layer(kind, k, n)
+    if compiled:
+        layer = torch.compile(layer)
     x = torch.randn(TOKENS, k, device="cuda", requires_grad=True)
     g = torch.randn(TOKENS, n, device="cuda", dtype=torch.bfloat16)
     for _ in range(5):  # warm-up: autotuning, compilation of the Triton kernels
@@ -70,7 +81,7 @@ def profile(kind: str, k: int, n: int) -> dict:
     events = prof.key_averages()
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     gpu_ms = sum(e.self_device_time_total for e in kernels) / 1e3 / PASSES
-    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:8]
+    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:12]
     cpu_top = sorted(
         [e for e in events if e.device_type == torch.autograd.DeviceType.CPU],
         key=lambda e: -e.self_cpu_time_total,
@@ -97,17 +108,22 @@ def profile(kind: str, k: int, n: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
+    p.add_argument("--compiled", action="store_true", help="torch.compile each layer first")
+    p.add_argument("--shapes", default="", help="comma-separated names of SHAPES (default all)")
     args = p.parse_args()
     report = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "tokens": TOKENS,
+        "compiled": args.compiled,
         "results": [],
     }
     for name, k, n in SHAPES:
+        if args.shapes and name not in args.shapes.split(","):
+            continue
         for kind in ("bf16", "reference", "fused"):
-            row = {"layer": name, "in": k, "out": n, "variant": kind, **profile(kind, k, n)}
+            row = {"layer": name, "in": k, "out": n, "variant": kind, **profile(kind, k, n, args.compiled)}
             report["results"].append(row)
             print(
                 f"{name:13s} {kind:9s} wall {row['wall_ms']:.3f} ms  gpu {row['gpu_kernel_ms']:.3f} ms  "

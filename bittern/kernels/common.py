@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 from torch.library import custom_op, triton_op, wrap_triton
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 from triton.language.extra import libdevice
 
 from bittern.quant.core import ACT_QMAX, ACT_QMIN, EPS
@@ -28,12 +29,24 @@ TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float
 
 
 def launch(kernel):
-    """`kernel`, launched as `launch(kernel)[grid](...)` so that torch.compile can trace the launch.
+    """`kernel`, launched as `launch(kernel)[grid](...)`: directly when eager, traceably when not.
 
-    On the GPU the launch goes through `wrap_triton`: inside a `kernel_op`, Inductor then
-    launches the kernel from its generated code. The interpreter's kernels launch directly.
+    While torch.compile (or any tensor mode) traces a `kernel_op`'s body the launch goes
+    through `wrap_triton`, so that Inductor launches the kernel from its generated code. An
+    eager launch goes straight to Triton: `wrap_triton`'s own eager path costs hundreds of
+    microseconds of host time per launch. The interpreter's kernels always launch directly.
     """
-    return kernel if INTERPRET else wrap_triton(kernel)
+    return kernel if INTERPRET else _Launch(kernel)
+
+
+class _Launch:
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+            return wrap_triton(self.kernel)[grid]
+        return self.kernel[grid]
 
 
 def kernel_op(name: str):
