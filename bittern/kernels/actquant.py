@@ -13,7 +13,15 @@ import torch
 import triton
 import triton.language as tl
 
-from bittern.kernels.common import INTERPRET, absmax_quantize, launch, round_to, row_warps, sm_count, tl_dtype
+from bittern.kernels.common import (
+    INTERPRET,
+    absmax_quantize_rows,
+    launch,
+    round_to,
+    row_warps,
+    sm_count,
+    tl_dtype,
+)
 from bittern.quant.core import dequantize_activations, quantize_activations
 
 # ---- reference -------------------------------------------------------------------------
@@ -64,29 +72,34 @@ def _rmsnorm_quant_kernel(
     Q,
     S,
     RSTD,
+    M,
     K,
     eps,
     HAS_NORM: tl.constexpr,
     Y_DTYPE: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_K: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
+    # ROWS rows per program, each reduced on its own (a block of rows keeps more loads in flight)
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_K)
-    mask = cols < K
-    x = tl.load(X + row * K + cols, mask=mask, other=0.0)
+    rmask = rows < M
+    mask = rmask[:, None] & (cols[None, :] < K)
+    offs = rows[:, None] * K + cols[None, :]
+    x = tl.load(X + offs, mask=mask, other=0.0)
     xf = x.to(tl.float32)
     if HAS_NORM:
-        rstd = tl.math.rsqrt(tl.sum(xf * xf, axis=0) / K + eps)
-        xn = round_to(xf * rstd, X.dtype.element_ty, INTERPRET).to(tl.float32)
-        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-        y = round_to(w * xn, Y_DTYPE, INTERPRET).to(tl.float32)  # the norm's dtype: promote(weight, x)
-        tl.store(RSTD + row, rstd)
+        rstd = tl.math.rsqrt(tl.sum(xf * xf, axis=1) / K + eps)
+        xn = round_to(xf * rstd[:, None], X.dtype.element_ty, INTERPRET).to(tl.float32)
+        w = tl.load(W + cols, mask=cols < K, other=0.0).to(tl.float32)
+        y = round_to(w[None, :] * xn, Y_DTYPE, INTERPRET).to(tl.float32)  # the norm's dtype
+        tl.store(RSTD + rows, rstd, mask=rmask)
     else:
         y = xf
-    q, s = absmax_quantize(y, INTERPRET)
-    tl.store(Q + row * K + cols, q, mask=mask)
-    tl.store(S + row, s)
+    q, s = absmax_quantize_rows(y, INTERPRET)
+    tl.store(Q + offs, q, mask=mask)
+    tl.store(S + rows, s, mask=rmask)
 
 
 @triton.jit
@@ -99,46 +112,65 @@ def _rmsnorm_quant_bwd_kernel(
     DW_PART,
     M,
     K,
+    ITERS: tl.constexpr,
     ROWS: tl.constexpr,
     Y_DTYPE: tl.constexpr,
     BLOCK_K: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
+    # ITERS blocks of ROWS rows per program; the program's part of dweight summed over them
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_K)
     cmask = cols < K
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK_K], dtype=tl.float32)
-    for i in range(ROWS):
-        row = pid * ROWS + i
-        mask = cols < tl.where(row < M, K, 0)  # rows past M: nothing (not `cmask & scalar`: see common)
-        offs = row.to(tl.int64) * K + cols
+    for i in range(ITERS):
+        rows = (pid.to(tl.int64) * ITERS + i) * ROWS + tl.arange(0, ROWS)
+        rmask = rows < M
+        mask = rmask[:, None] & cmask[None, :]
+        offs = rows[:, None] * K + cols[None, :]
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
         x = tl.load(X + offs, mask=mask, other=0.0)
         xf = x.to(tl.float32)
-        rstd = tl.load(RSTD + row, mask=row < M, other=0.0)
-        xn = round_to(xf * rstd, X.dtype.element_ty, INTERPRET).to(tl.float32)
-        dw += dy * xn
+        rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
+        xn = round_to(xf * rstd[:, None], X.dtype.element_ty, INTERPRET).to(tl.float32)
+        dw += tl.sum(dy * xn, axis=0)
         # d(weight * xn)/dxn in the norm's dtype, cast to x's dtype, then through x * rstd(x)
-        dxn = round_to(round_to(dy * w, Y_DTYPE, INTERPRET).to(tl.float32), X.dtype.element_ty, INTERPRET)
-        dxn = dxn.to(tl.float32)
-        c = tl.sum(dxn * xf, axis=0) / K
-        dx = rstd * dxn - (rstd * rstd * rstd * c) * xf
+        dxn = round_to(dy * w[None, :], Y_DTYPE, INTERPRET).to(tl.float32)
+        dxn = round_to(dxn, X.dtype.element_ty, INTERPRET).to(tl.float32)
+        c = tl.sum(dxn * xf, axis=1) / K
+        dx = rstd[:, None] * dxn - (rstd * rstd * rstd * c)[:, None] * xf
         tl.store(DX + offs, round_to(dx, DX.dtype.element_ty, INTERPRET), mask=mask)
     tl.store(DW_PART + pid.to(tl.int64) * K + cols, dw, mask=cmask)
 
 
 @triton.jit
-def _dequantize_rows_kernel(Q, S, OUT, K, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _dequantize_rows_kernel(
+    Q, S, OUT, M, K, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr
+):
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_K)
-    mask = cols < K
-    q = tl.load(Q + row * K + cols, mask=mask, other=0).to(tl.float32)
-    s = tl.load(S + row)
-    tl.store(OUT + row * K + cols, round_to(tl.math.div_rn(q, s), OUT.dtype.element_ty, INTERPRET), mask=mask)
+    rmask = rows < M
+    mask = rmask[:, None] & (cols[None, :] < K)
+    offs = rows[:, None] * K + cols[None, :]
+    q = tl.load(Q + offs, mask=mask, other=0).to(tl.float32)
+    s = tl.load(S + rows, mask=rmask, other=1.0)
+    out = round_to(tl.math.div_rn(q, s[:, None]), OUT.dtype.element_ty, INTERPRET)
+    tl.store(OUT + offs, out, mask=mask)
 
 
 # ---- launchers -------------------------------------------------------------------------
+
+# Elements per program's block of rows (a power of two): more rows per program when rows are short.
+# 2048 gives the 1B preset's shapes one row per program, the layout measured on the H100 so far;
+# `benchmarks/norm_tiles.py` sweeps larger tiles (not yet run on a GPU).
+FWD_TILE = 2048
+BWD_TILE = 2048
+
+
+def tile_rows(block_k: int, tile: int) -> int:
+    """Rows per program's block for rows padded to `block_k` elements."""
+    return max(1, tile // block_k)
 
 
 def rmsnorm_quant(
@@ -154,19 +186,22 @@ def rmsnorm_quant(
         return codes, scale, rstd
     y_dtype = x.dtype if weight is None else torch.promote_types(weight.dtype, x.dtype)
     block = triton.next_power_of_2(K)
-    launch(_rmsnorm_quant_kernel)[(M,)](
+    rows = tile_rows(block, FWD_TILE)
+    launch(_rmsnorm_quant_kernel)[(triton.cdiv(M, rows),)](
         x,
         x if weight is None else weight,
         codes,
         scale,
         rstd,
+        M,
         K,
         eps,
         HAS_NORM=weight is not None,
         Y_DTYPE=tl_dtype(y_dtype),
+        ROWS=rows,
         BLOCK_K=block,
         INTERPRET=INTERPRET,
-        num_warps=row_warps(block),
+        num_warps=row_warps(rows * block),
     )
     return codes, scale, rstd
 
@@ -180,11 +215,14 @@ def rmsnorm_quant_backward(
     dx = torch.empty_like(x)
     if M == 0:
         return dx, torch.zeros_like(weight)
-    # a symbolic M (torch.compile's dynamic shapes) cannot pick a constexpr: a fixed 16 rows then
-    rows = triton.cdiv(M, min(M, 4 * sm_count(x.device))) if isinstance(M, int) else 16
-    programs = triton.cdiv(M, rows)
-    part = torch.empty((programs, K), dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(K)
+    rows = tile_rows(block, BWD_TILE)
+    # about 4 programs per multiprocessor, each summing its part of dweight over ITERS blocks; a
+    # symbolic M (torch.compile's dynamic shapes) cannot pick a constexpr: 4 blocks each then
+    blocks = triton.cdiv(M, rows)
+    iters = triton.cdiv(blocks, min(blocks, 4 * sm_count(x.device))) if isinstance(M, int) else 4
+    programs = triton.cdiv(blocks, iters)
+    part = torch.empty((programs, K), dtype=torch.float32, device=x.device)
     launch(_rmsnorm_quant_bwd_kernel)[(programs,)](
         grad,
         x,
@@ -194,11 +232,12 @@ def rmsnorm_quant_backward(
         part,
         M,
         K,
+        ITERS=iters,
         ROWS=rows,
         Y_DTYPE=tl_dtype(torch.promote_types(weight.dtype, x.dtype)),
         BLOCK_K=block,
         INTERPRET=INTERPRET,
-        num_warps=row_warps(block),
+        num_warps=row_warps(rows * block),
     )
     return dx, part.sum(0).to(weight.dtype)
 
@@ -209,7 +248,16 @@ def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     out = torch.empty((M, K), dtype=dtype, device=codes.device)
     if M:
         block = triton.next_power_of_2(K)
-        launch(_dequantize_rows_kernel)[(M,)](
-            codes, scale, out, K, BLOCK_K=block, INTERPRET=INTERPRET, num_warps=row_warps(block)
+        rows = tile_rows(block, FWD_TILE)
+        launch(_dequantize_rows_kernel)[(triton.cdiv(M, rows),)](
+            codes,
+            scale,
+            out,
+            M,
+            K,
+            ROWS=rows,
+            BLOCK_K=block,
+            INTERPRET=INTERPRET,
+            num_warps=row_warps(rows * block),
         )
     return out

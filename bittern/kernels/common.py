@@ -110,4 +110,14 @@ def absmax_quantize(y, INTERPRET: tl.constexpr):
     return q.to(tl.int8), s
 
 
+@triton.jit
+def absmax_quantize_rows(y, INTERPRET: tl.constexpr):
+    """`absmax_quantize` of each row of a float32 block (rows, block): codes and s (rows,)."""
+    amax = tl.maximum(tl.max(tl.abs(y), axis=1), 1e-5)
+    s = tl.math.div_rn(tl.full(amax.shape, 127.0, tl.float32), amax)
+    q = round_half_even(y * s[:, None], INTERPRET)
+    q = tl.minimum(tl.maximum(q, -128.0), 127.0)
+    return q.to(tl.int8), s
+
+
 assert (EPS, ACT_QMIN, ACT_QMAX) == (1e-5, -128, 127), "the kernels hard-code these (quant/core.py)"

@@ -81,6 +81,27 @@ def test_backward_matches_autograd_of_the_reference(x_dtype):
     torch.testing.assert_close(dw, ref_dw, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("tile", [32, 64, 256])
+def test_blocks_of_rows(monkeypatch, tile):
+    # 1, 2 and 8 rows per program, M not a multiple of them; the backward's programs (2 * 4 on the
+    # CPU) each loop over several blocks and sum their partial dweight
+    monkeypatch.setattr(actquant, "FWD_TILE", tile)
+    monkeypatch.setattr(actquant, "BWD_TILE", tile)
+    x, w = _x(37, 24, torch.float32, seed=4), _norm_weight(24, torch.float32)
+    codes, scale, rstd = actquant.rmsnorm_quant(x, w, EPS)
+    ref_codes, ref_scale, ref_rstd = actquant.rmsnorm_quant_reference(x, w, EPS)
+    assert torch.equal(codes, ref_codes)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-6, atol=0)
+    torch.testing.assert_close(rstd, ref_rstd, rtol=1e-6, atol=0)
+    out = actquant.dequantize_rows(codes, scale, torch.bfloat16)
+    assert torch.equal(out, actquant.dequantize_rows_reference(codes, scale, torch.bfloat16))
+    grad = torch.randn(37, 24, generator=torch.Generator().manual_seed(5))
+    dx, dw = actquant.rmsnorm_quant_backward(grad, x, w, rstd)
+    ref_dx, ref_dw = actquant.rmsnorm_quant_backward_reference(grad, x, w, EPS)
+    torch.testing.assert_close(dx, ref_dx, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dw, ref_dw, rtol=1e-5, atol=1e-5)
+
+
 def test_backward_many_rows_per_program():
     # more rows than programs (2 * 4 on the CPU): each program loops and sums its partial dweight
     x, w = _x(37, 24, torch.float32, seed=4), _norm_weight(24, torch.float32)
