@@ -13,6 +13,9 @@ Per layer (`health/<layer>/<stat>`) and overall (`health/<stat>`, the parameter-
 
 Flip tracking keeps the baseline codes on the weight's device as int8: one byte per quantized
 weight (about 1 GB for a 1B-parameter model); `track_flips=False` drops it.
+
+Under FSDP2 every rank gathers each layer's whole weight in turn (one layer at a time), so the
+stats are those of the whole weight, equal on every rank; every rank must take the snapshot.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.hooks import RemovableHandle
 
 from bittern.monitor.metrics import MetricsLogger
@@ -40,6 +44,12 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def full_weight(layer: nn.Module) -> torch.Tensor:
+    """The layer's whole latent weight: FSDP2's shards all-gathered (a collective: every rank calls it)."""
+    w = layer.weight.detach()
+    return w.full_tensor() if isinstance(w, DTensor) else w
 
 
 def _clip_count(w: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -126,7 +136,8 @@ class TernaryHealth:
         """
         for name, layer in bitlinear_layers(unwrap(model)):
             o = layer.options
-            codes, gamma = ternarize(layer.weight, o.granularity, o.group_size, o.gamma_multiplier)
+            w = full_weight(layer)
+            codes, gamma = ternarize(w, o.granularity, o.group_size, o.gamma_multiplier)
             self._remember(name, codes, gamma.mean())
 
     def _remember(self, name: str, codes: torch.Tensor, gamma: torch.Tensor) -> None:
@@ -137,12 +148,13 @@ class TernaryHealth:
     def _layer_stats(self, name: str, layer: BitLinear) -> dict[str, torch.Tensor]:
         """A layer's stats as 0-dim tensors on its device (no host sync); updates the baseline."""
         o = layer.options
-        codes, gamma = ternarize(layer.weight, o.granularity, o.group_size, o.gamma_multiplier)
+        w = full_weight(layer)
+        codes, gamma = ternarize(w, o.granularity, o.group_size, o.gamma_multiplier)
         n = codes.numel()
         g = gamma.mean()
         stats = {
             "zero_frac": (codes == 0).sum() / n,
-            "weight_clip_frac": _clip_count(layer.weight, gamma) / n,
+            "weight_clip_frac": _clip_count(w, gamma) / n,
         }
         prev = self._codes.get(name)
         if prev is not None and prev.shape == codes.shape:
@@ -181,4 +193,4 @@ def log_weight_histograms(
 ) -> None:
     """TensorBoard histograms (`weights/<layer>`) of every quantized BitLinear's latent weight."""
     for name, layer in bitlinear_layers(unwrap(model)):
-        logger.histogram(step, f"weights/{name}", _subsample(layer.weight, max_values))
+        logger.histogram(step, f"weights/{name}", _subsample(full_weight(layer), max_values))

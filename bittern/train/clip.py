@@ -10,7 +10,9 @@ from collections import deque
 from collections.abc import Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from bittern.config import ClipConfig
 
@@ -99,9 +101,25 @@ class GradClipper:
 
 
 def per_layer_grad_norms(model: nn.Module) -> dict[str, float]:
-    """L2 norm of each parameter's gradient, by parameter name (one host sync, for monitoring)."""
+    """L2 norm of each parameter's gradient, by parameter name (one host sync, for monitoring).
+
+    Sharded gradients (FSDP2's DTensors) count whole: their local sums of squares are summed
+    over the ranks in one all-reduce, so every rank must call this at the same step.
+    """
     named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
     if not named:
         return {}
-    norms = torch.stack([torch.linalg.vector_norm(g).float() for _, g in named]).tolist()
+    squares = torch.stack([_local(g).float().square().sum() for _, g in named])
+    sharded = [g for _, g in named if isinstance(g, DTensor)]
+    if sharded:
+        local = squares.new_tensor([isinstance(g, DTensor) for _, g in named], dtype=torch.bool)
+        summed = squares.where(local, torch.zeros_like(squares))
+        dist.all_reduce(summed, group=sharded[0].device_mesh.get_group())
+        squares = summed.where(local, squares)
+    norms = squares.sqrt().tolist()
     return {n: v for (n, _), v in zip(named, norms, strict=True)}
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor, a plain tensor as it is."""
+    return t.to_local() if isinstance(t, DTensor) else t

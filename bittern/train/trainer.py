@@ -152,7 +152,7 @@ class Trainer:
         self.guard = StabilityGuard(cfg.guard)
         self.plateau = PlateauWatch(cfg.guard.plateau_patience)
         self.alerts = Alerts(grad_norm_threshold=cfg.guard.alert_grad_norm)
-        self.health = None if self.fsdp else TernaryHealth().attach(self.model)
+        self.health = TernaryHealth().attach(self.model)
         self.peak_flops = peak_flops(self.device, cfg.log.peak_tflops)
         self.step = self.tokens_seen = self.data_offset = 0
         self.progressive_start, self.progressive_mode = 0, cfg.progressive.schedule
@@ -392,7 +392,7 @@ class Trainer:
         finite = self.scaler.unscale_and_check(params) if self.scaler else True
         finite = not any_across_ranks(not finite, self.device, self.dist)
         grad_norm = float(self.clipper.clip(params)["grad_norm"])
-        self.layer_norms = per_layer_grad_norms(self.model) if want_layer_norms and not self.fsdp else {}
+        self.layer_norms = per_layer_grad_norms(self.model) if want_layer_norms else {}
         if self.scaler and not finite:
             outcome = StepOutcome(loss, grad_norm, "overflow", "fp16 overflow")
         else:
