@@ -21,7 +21,6 @@ stats are those of the whole weight, equal on every rank; every rank must take t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -71,6 +70,33 @@ def _weighted_means(per_layer: dict[str, dict[str, float]], sizes: dict[str, int
     return {key: s / n for key, (s, n) in totals.items()}
 
 
+# Per-layer state lives on the layer, read by one module-level hook: under per-block
+# torch.compile every block then runs the same code with the same guards (a hook closing over
+# the layer's name would specialize, and recompile, each block).
+ARMED = "_bittern_health_armed"  # capture this layer's activation clipping in its next forward
+CAPTURED = "_bittern_act_clip"  # (clipped count, total) from the last armed forward
+
+
+def _capture_hook(layer: BitLinear, args: tuple) -> None:
+    """A pre-hook that costs one attribute read unless armed."""
+    if getattr(layer, ARMED, False):
+        _capture(layer, args[0])
+
+
+@torch.no_grad()
+def _capture(layer: BitLinear, x: torch.Tensor) -> None:
+    """Count the int8 activation codes at the limits for the input this layer quantizes.
+
+    torch.compile traces this into the armed variant of the graph (no graph break).
+    """
+    setattr(layer, ARMED, False)
+    if layer.norm is not None:
+        x = layer.norm(x)
+    codes, _ = quantize_activations(x)
+    clipped = ((codes >= ACT_QMAX) | (codes <= -ACT_QMAX)).sum()
+    setattr(layer, CAPTURED, (clipped, codes.numel()))
+
+
 class TernaryHealth:
     """Tracks the quantized BitLinear layers of a model between snapshots (see module docstring)."""
 
@@ -79,54 +105,35 @@ class TernaryHealth:
         self.track_flips = track_flips
         self._codes: dict[str, torch.Tensor] = {}
         self._gamma: dict[str, torch.Tensor] = {}
-        self._act: dict[str, tuple[torch.Tensor, int]] = {}
-        self._armed: set[str] = set()
-        self._names: list[str] = []
+        self._layers: list[BitLinear] = []
         self._handles: list[RemovableHandle] = []
 
     def attach(self, model: nn.Module) -> TernaryHealth:
         """Register the (disarmed) activation hooks on every quantized BitLinear of `model`."""
         self.detach()
-        for name, layer in bitlinear_layers(unwrap(model)):
-            self._handles.append(layer.register_forward_pre_hook(self._hook(name)))
-            self._names.append(name)
+        for _, layer in bitlinear_layers(unwrap(model)):
+            setattr(layer, ARMED, False)
+            self._handles.append(layer.register_forward_pre_hook(_capture_hook))
+            self._layers.append(layer)
         return self
 
     def detach(self) -> None:
         """Remove the hooks."""
         for handle in self._handles:
             handle.remove()
-        self._handles, self._names, self._armed = [], [], set()
+        for layer in self._layers:
+            setattr(layer, ARMED, False)
+            layer.__dict__.pop(CAPTURED, None)
+        self._handles, self._layers = [], []
 
     def arm(self) -> None:
         """Capture activation clipping in the next forward pass of each layer (then disarm)."""
-        self._armed = set(self._names)
+        for layer in self._layers:
+            setattr(layer, ARMED, True)
 
     @property
     def armed(self) -> bool:
-        return bool(self._armed)
-
-    def _hook(self, name: str) -> Callable[[BitLinear, tuple], None]:
-        """A pre-hook that costs one set lookup unless armed."""
-
-        def hook(layer: BitLinear, args: tuple) -> None:
-            if name in self._armed:
-                self._capture(name, layer, args[0])
-
-        return hook
-
-    @torch.no_grad()
-    def _capture(self, name: str, layer: BitLinear, x: torch.Tensor) -> None:
-        """Count the int8 activation codes at the limits for the input this layer quantizes.
-
-        torch.compile traces this into the armed variant of the graph (no graph break).
-        """
-        self._armed.discard(name)
-        if layer.norm is not None:
-            x = layer.norm(x)
-        codes, _ = quantize_activations(x)
-        clipped = ((codes >= ACT_QMAX) | (codes <= -ACT_QMAX)).sum()
-        self._act[name] = (clipped, codes.numel())
+        return any(getattr(layer, ARMED) for layer in self._layers)
 
     @torch.no_grad()
     def set_baseline(self, model: nn.Module) -> None:
@@ -161,8 +168,9 @@ class TernaryHealth:
             stats["flip_frac"] = (codes != prev).sum() / n
         if name in self._gamma:
             stats["gamma_drift"] = (g - self._gamma[name]).abs() / self._gamma[name]
-        if name in self._act:
-            clipped, total = self._act.pop(name)
+        captured = layer.__dict__.pop(CAPTURED, None)
+        if captured is not None:
+            clipped, total = captured
             stats["act_clip_frac"] = clipped / total
         self._remember(name, codes, g)
         return stats

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bittern.checkpoint import (
@@ -61,6 +60,7 @@ from bittern.monitor import (
 )
 from bittern.runtime import autocast, resolve_device, resolve_precision
 from bittern.train.clip import GradClipper, per_layer_grad_norms
+from bittern.train.compiling import compile_blocks, compiled_cross_entropy, cross_entropy
 from bittern.train.data import open_dataset
 from bittern.train.guard import OK, ROLLBACK, PlateauWatch, StabilityGuard
 from bittern.train.init import LayerLambdas, init_model_config, load_init, validate_init
@@ -140,10 +140,13 @@ class Trainer:
         self.fsdp = self.dist.enabled and cfg.dist.mode == "fsdp"
         set_weight_cache(not self.fsdp)
         param_dtype = torch.bfloat16 if self.precision == "bf16" else None
+        if t.compile:  # block by block, before DDP/FSDP2 wrap them (bittern.train.compiling)
+            compile_blocks(self.model)
+        self.cross_entropy = compiled_cross_entropy() if t.compile else cross_entropy
         self.wrapped = parallelize(
             self.model, cfg.dist.mode, self.dist, self.device, cfg.dist.bucket_cap_mb, param_dtype
         )
-        self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
+        self.forward = self.wrapped
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.loss_fn, self.teacher = self._build_losses()
         self.autocast = autocast(self.device, self.precision)
@@ -361,7 +364,7 @@ class Trainer:
         if self.loss_fn is None:
             with self.autocast:
                 logits = self.forward(x)
-            return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            return self.cross_entropy(logits, y)
         hidden = self.loss_fn.needs_hidden
         with self.autocast:
             out = self.forward(x, return_hidden=True) if hidden else self.forward(x)

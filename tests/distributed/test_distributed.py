@@ -115,6 +115,19 @@ def test_data_parallel_equals_single_process(mode, tiny_config, config, tmp_path
         torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_compiled_blocks_inside_ddp_and_fsdp(mode, tiny_config, config, tmp_path, monkeypatch):
+    # blocks compiled one by one before DDP/FSDP2 wrap them; traced, run eagerly (aot_eager)
+    monkeypatch.setenv("BITTERN_COMPILE_BACKEND", "aot_eager")
+    cfg = {"train": {"micro_batch_size": 2, "steps": 6}, "dist": {"mode": mode}}
+    single = tmp_path / "single"
+    train(tiny_config(**cfg), single, progress=False)
+    compiled = {"train": {**cfg["train"], "compile": True}, "dist": cfg["dist"]}
+    proc = torchrun(["train", "--config", config(**compiled), "--out", str(tmp_path / "two"), "--quiet"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_losses(losses(tmp_path / "two"), losses(single))
+
+
 # Each rank writes the weights it holds right after restoring a checkpoint (or at the end).
 DUMPER = """
 import faulthandler; faulthandler.dump_traceback_later(150, exit=True)
