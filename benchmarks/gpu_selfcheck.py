@@ -47,9 +47,9 @@ def check_gemms(kernel: str) -> list[dict]:
         row = torch.rand(M, device="cuda", generator=g) + 0.5
         col = torch.rand(N, device="cuda", generator=g) + 0.5
         exact = torch.equal(module.int8_mm(a, b), module.int8_mm_reference(a, b))
-        got = module.int8_mm(a, b, row, col, torch.bfloat16)
         want = module.int8_mm_reference(a, b, row, col, torch.bfloat16)
-        scaled = torch.equal(got, want)
+        # twice: the first call autotunes, the second launches the remembered tile directly
+        scaled = all(torch.equal(module.int8_mm(a, b, row, col, torch.bfloat16), want) for _ in range(2))
         rows.append({"kernel": kernel, "shape": [M, N, K], "int32_exact": exact, "bf16_exact": scaled})
     return rows
 

@@ -39,14 +39,17 @@ def launch(kernel):
     return kernel if INTERPRET else _Launch(kernel)
 
 
+def tracing() -> bool:
+    """torch.compile (or another tensor mode) is tracing: tensors have no data, launches are recorded."""
+    return torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+
+
 class _Launch:
     def __init__(self, kernel) -> None:
         self.kernel = kernel
 
     def __getitem__(self, grid):
-        if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
-            return wrap_triton(self.kernel)[grid]
-        return self.kernel[grid]
+        return wrap_triton(self.kernel)[grid] if tracing() else self.kernel[grid]
 
 
 def kernel_op(name: str):

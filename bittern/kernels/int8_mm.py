@@ -40,10 +40,9 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 from triton.runtime import _allocation
 
-from bittern.kernels.common import INTERPRET, bucket, launch, round_to, sm_count
+from bittern.kernels.common import INTERPRET, bucket, launch, round_to, sm_count, tracing
 
 # Tile shapes tried by the pointer kernel's autotuner (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages);
 # shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K bytes, at most 227 KB in all on Hopper.
@@ -422,6 +421,18 @@ def _tma_config(cfg: TmaConfig) -> triton.Config:
 
 _KEY = ["M_BUCKET", "N", "K"]
 _int8_mm_autotuned = triton.autotune(configs=[_config(*c) for c in GPU_CONFIGS], key=_KEY)(_int8_mm_kernel)
+# (M bucket, N, K, flags, output dtype) -> the pointer tile the autotuner chose; eager calls then
+# launch that tile directly: the autotuner's own per-call work cost ~200 us of host time per
+# call on an H100 (benchmarks/host_overhead.py), against ~35 us for a direct launch
+_TUNED: dict[tuple, tuple[int, int, int, int, int]] = {}
+
+
+def _tile(cfg: triton.Config) -> tuple[int, int, int, int, int]:
+    """A pointer-kernel `triton.Config` as the (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of `config=`."""
+    kw = cfg.kwargs
+    return kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], cfg.num_warps, cfg.num_stages
+
+
 # by the output's element size: a 4-byte output tile staged for a TMA store does not fit beside the
 # pipeline's buffers (the autotuners' keys include the dtypes too)
 _int8_mm_tma_autotuned = {
@@ -460,17 +471,12 @@ def _tma_sms(device: torch.device) -> int | None:
     return _TMA_DEVICES[index]
 
 
-def _tracing() -> bool:
-    """Whether torch.compile (or a tensor mode) traces the call: tensors without data pointers."""
-    return torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
-
-
 def _tma_ok(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> bool:
     """TMA's terms: 16-byte aligned base pointers and row strides (K int8 codes, N outputs)."""
     K, N, size = a.shape[1], b.shape[0], c.element_size()
     if K % 16 or N * size % 16 or size not in _int8_mm_tma_autotuned:
         return False
-    if _tracing():  # no data pointers; where Inductor allocates, the storage itself is aligned
+    if tracing():  # no data pointers; where Inductor allocates, the storage itself is aligned
         return all(t.storage_offset() * t.element_size() % 16 == 0 for t in (a, b, c))
     return a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0 and c.data_ptr() % 16 == 0
 
@@ -574,9 +580,14 @@ def int8_mm(
         if programs := _use_tma(a, b, c):
             _launch_tma(args, flags, programs, None)
             return c
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-        launch(_int8_mm_autotuned)[grid](*args, M, N, bucket(M), K, **flags, INTERPRET=False)
-        return c
+        key = (bucket(M), N, K, tuple(sorted(flags.items())), out_dtype)
+        config = None if tracing() else _TUNED.get(key)
+        if config is None:
+            grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+            launch(_int8_mm_autotuned)[grid](*args, M, N, bucket(M), K, **flags, INTERPRET=False)
+            if not tracing():
+                _TUNED[key] = _tile(_int8_mm_autotuned.best_config)
+            return c
     bm, bn, bk, warps, stages = config or INTERPRETER_CONFIG
     grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
     launch(_int8_mm_kernel)[grid](
