@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from bittern.checkpoint import (
@@ -388,13 +389,18 @@ class Trainer:
         """One optimizer step (or a judged skip); advances self.step either way."""
         c = self.cfg
         alpha = alpha_scale(self.prev_grad_norm, c.loss_scale) if c.loss_scale.alpha else 1.0
-        loss = self._forward_backward(alpha).item()
+        loss = self._forward_backward(alpha)
         if self.loss_fn is not None:  # its projections are outside the wrapped model
             average_gradients(list(self.loss_fn.parameters()), self.dist)
         params = [p for p in self.model.parameters() if p.grad is not None]
-        finite = self.scaler.unscale_and_check(params) if self.scaler else True
-        finite = not any_across_ranks(not finite, self.device, self.dist)
-        grad_norm = float(self.clipper.clip(params)["grad_norm"])
+        finite = True
+        if self.scaler:  # fp16: one rank's overflow skips the step on every rank
+            finite = not any_across_ranks(not self.scaler.unscale_and_check(params), self.device, self.dist)
+        norm = self.clipper.clip(params)["grad_norm"]
+        if isinstance(norm, DTensor):  # FSDP2: the sharded gradients' norm, reduced over ranks
+            norm = norm.full_tensor()
+        # one host synchronization for both (the guard judges on the host)
+        loss, grad_norm = torch.stack([loss.float().reshape(()), norm.to(loss.device).reshape(())]).tolist()
         self.layer_norms = per_layer_grad_norms(self.model) if want_layer_norms else {}
         if self.scaler and not finite:
             outcome = StepOutcome(loss, grad_norm, "overflow", "fp16 overflow")
