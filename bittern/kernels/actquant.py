@@ -92,11 +92,21 @@ def _rmsnorm_quant_kernel(
     if HAS_NORM:
         rstd = tl.math.rsqrt(tl.sum(xf * xf, axis=1) / K + eps)
         xn = round_to(xf * rstd[:, None], X.dtype.element_ty, INTERPRET).to(tl.float32)
-        w = tl.load(W + cols, mask=cols < K, other=0.0).to(tl.float32)
-        y = round_to(w[None, :] * xn, Y_DTYPE, INTERPRET).to(tl.float32)  # the norm's dtype
         tl.store(RSTD + rows, rstd, mask=rmask)
+        norm_quantize_store(xn, W, Q, S, rows, cols, offs, mask, rmask, K, Y_DTYPE, INTERPRET)
     else:
-        y = xf
+        q, s = absmax_quantize_rows(xf, INTERPRET)
+        tl.store(Q + offs, q, mask=mask)
+        tl.store(S + rows, s, mask=rmask)
+
+
+@triton.jit
+def norm_quantize_store(
+    xn, W, Q, S, rows, cols, offs, mask, rmask, K, Y_DTYPE: tl.constexpr, INTERPRET: tl.constexpr
+):
+    """Scale normalized rows `xn` by the norm weight W, in the norm's dtype, quantize, store codes and s_x."""
+    w = tl.load(W + cols, mask=cols < K, other=0.0).to(tl.float32)
+    y = round_to(w[None, :] * xn, Y_DTYPE, INTERPRET).to(tl.float32)
     q, s = absmax_quantize_rows(y, INTERPRET)
     tl.store(Q + offs, q, mask=mask)
     tl.store(S + rows, s, mask=rmask)
@@ -135,13 +145,21 @@ def _rmsnorm_quant_bwd_kernel(
         rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
         xn = round_to(xf * rstd[:, None], X.dtype.element_ty, INTERPRET).to(tl.float32)
         dw += tl.sum(dy * xn, axis=0)
-        # d(weight * xn)/dxn in the norm's dtype, cast to x's dtype, then through x * rstd(x)
-        dxn = round_to(dy * w[None, :], Y_DTYPE, INTERPRET).to(tl.float32)
-        dxn = round_to(dxn, X.dtype.element_ty, INTERPRET).to(tl.float32)
-        c = tl.sum(dxn * xf, axis=1) / K
-        dx = rstd[:, None] * dxn - (rstd * rstd * rstd * c)[:, None] * xf
+        dx = norm_input_grad(dy, w, xf, rstd, K, X.dtype.element_ty, Y_DTYPE, INTERPRET)
         tl.store(DX + offs, round_to(dx, DX.dtype.element_ty, INTERPRET), mask=mask)
     tl.store(DW_PART + pid.to(tl.int64) * K + cols, dw, mask=cmask)
+
+
+@triton.jit
+def norm_input_grad(
+    dy, w, xf, rstd, K, X_DTYPE: tl.constexpr, Y_DTYPE: tl.constexpr, INTERPRET: tl.constexpr
+):
+    """float32 grad of rows x through y = w * (x * rstd(x)), for the grad dy of y (rows, block)."""
+    # d(weight * xn)/dxn in the norm's dtype, cast to x's dtype, then through x * rstd(x)
+    dxn = round_to(dy * w[None, :], Y_DTYPE, INTERPRET).to(tl.float32)
+    dxn = round_to(dxn, X_DTYPE, INTERPRET).to(tl.float32)
+    c = tl.sum(dxn * xf, axis=1) / K
+    return rstd[:, None] * dxn - (rstd * rstd * rstd * c)[:, None] * xf
 
 
 @triton.jit
