@@ -125,6 +125,38 @@ def fast_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return bitlinear_fast(layer, x, opts.grad_input_int8, opts.grad_weight_int8)
 
 
+def use_group_fast_path(layers, x: torch.Tensor) -> bool:
+    """Whether BitLinears `layers`, all reading `x`, run on the fused kernels with one shared norm pass.
+
+    2-3 layers, each taking the fast path on its own, each with its RMSNorm (same eps and norm
+    dtype), the same kernel options, and no forward hooks other than plain pre-hooks.
+    """
+    if not 2 <= len(layers) <= 3:
+        return False
+    first = layers[0]
+    if first.norm is None or x.shape[-1] > MAX_IN_FEATURES:
+        return False
+    opts = getattr(first, OPTIONS_ATTR, DEFAULT_OPTIONS)
+    for layer in layers:
+        if layer.norm is None or layer.norm.eps != first.norm.eps:
+            return False
+        if layer.norm.weight.dtype != first.norm.weight.dtype:
+            return False
+        if getattr(layer, OPTIONS_ATTR, DEFAULT_OPTIONS) != opts or layer._forward_hooks:
+            return False
+        if layer._forward_pre_hooks_with_kwargs or not use_fast_path(layer, x):
+            return False
+    return True
+
+
+def fast_forward_group(layers, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each of `layers` applied to x on the fused kernels (the caller checked `use_group_fast_path`)."""
+    from bittern.kernels.function import bitlinear_group_fast
+
+    opts = getattr(layers[0], OPTIONS_ATTR, DEFAULT_OPTIONS)
+    return bitlinear_group_fast(list(layers), x, opts.grad_input_int8, opts.grad_weight_int8)
+
+
 def configure(model: nn.Module, cfg=None) -> int:
     """Apply `cfg` (a KernelsConfig or KernelOptions; None keeps each layer's) to every BitLinear.
 

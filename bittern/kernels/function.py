@@ -126,3 +126,77 @@ def bitlinear_fast(
     )
     y = y.reshape(*lead, y.shape[-1])
     return y if layer.bias is None else y + layer.bias.to(y.dtype)
+
+
+class BitLinearGroupFunction(torch.autograd.Function):
+    """BitLinearFunction for 2-3 layers reading one 2-D x: their norms in one pass both ways.
+
+    Called as apply(settings, x, *norm_weights, *weights, *w_codes, *gammas, *w_codes_t) with
+    settings = (layers, eps, out_dtype, grad_input_int8, grad_weight_int8, weight dtypes).
+    """
+
+    @staticmethod
+    def forward(ctx, settings: tuple, x: torch.Tensor, *tensors):
+        n, eps, out_dtype = settings[:3]
+        norm_weights, _, w_codes, gammas, w_codes_t = (list(tensors[i * n : (i + 1) * n]) for i in range(5))
+        outs = ops.bitlinear_group_forward(x, norm_weights, w_codes, gammas, eps, out_dtype)
+        ys, codes, scales, rstd = outs[:n], outs[n : 2 * n], outs[2 * n : 3 * n], outs[3 * n]
+        ctx.save_for_backward(x, rstd, *norm_weights, *w_codes, *gammas, *w_codes_t, *codes, *scales)
+        ctx.settings = settings
+        return tuple(ys)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        n, _, out_dtype, grad_input_int8, grad_weight_int8, w_dtypes = ctx.settings
+        x, rstd, *saved = ctx.saved_tensors
+        norm_weights, w_codes, gammas, w_codes_t, codes, scales = (
+            saved[i * n : (i + 1) * n] for i in range(6)
+        )
+        # an output nobody used gets no gradient: zeros stand in
+        grads = [
+            x.new_zeros((x.shape[0], w.shape[0]), dtype=out_dtype) if g is None else g.contiguous()
+            for g, w in zip(grads, w_codes, strict=True)
+        ]
+        dx = dweights = None
+        dnorms = [None] * n
+        if any(ctx.needs_input_grad[1 : 2 + n]):
+            dys = [
+                ops.bitlinear_grad_input(g, w_codes[i], gammas[i], w_codes_t[i], grad_input_int8)
+                for i, g in enumerate(grads)
+            ]
+            dx, *dnorms = ops.rmsnorm_quant_group_backward(dys, x, list(norm_weights), rstd)
+        dweights = [
+            ops.bitlinear_grad_weight(g, codes[i], scales[i], grad_weight_int8, w_dtypes[i])
+            if ctx.needs_input_grad[2 + n + i]
+            else None
+            for i, g in enumerate(grads)
+        ]
+        return None, dx, *dnorms, *dweights, *([None] * (3 * n))
+
+
+def bitlinear_group_fast(
+    layers: list[nn.Module], x: torch.Tensor, grad_input_int8: bool = False, grad_weight_int8: bool = False
+) -> list[torch.Tensor]:
+    """Each BitLinear of `layers` (2-3, each with a norm, same eps) applied to the same x, fused."""
+    for layer in layers:
+        if not lambdas_are_one(layer):
+            raise RuntimeError("bittern's fused kernels run only at progressive-quantization lambda = 1")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    codes = [weight_codes(layer, grad_input_int8) for layer in layers]
+    settings = (
+        len(layers),
+        layers[0].norm.eps,
+        output_dtype(layers[0], x),
+        grad_input_int8,
+        grad_weight_int8,
+        tuple(layer.weight.dtype for layer in layers),
+    )
+    tensors = [layer.norm.weight for layer in layers] + [layer.weight for layer in layers]
+    tensors += [c[0] for c in codes] + [c[1] for c in codes] + [c[2] for c in codes]
+    ys = BitLinearGroupFunction.apply(settings, x2, *tensors)
+    out = []
+    for layer, y in zip(layers, ys, strict=True):
+        y = y.reshape(*lead, y.shape[-1])
+        out.append(y if layer.bias is None else y + layer.bias.to(y.dtype))
+    return out

@@ -13,7 +13,7 @@ cache off, the output of `ternarize` inside the same graph.
 import torch
 from torch import Tensor
 
-from bittern.kernels import actquant, gradquant, weightquant
+from bittern.kernels import actquant, gradquant, sharednorm, weightquant
 from bittern.kernels.common import kernel_op
 from bittern.kernels.int8_mm import int8_mm as _int8_mm
 
@@ -124,3 +124,45 @@ def bitlinear_grad_weight(
 @bitlinear_grad_weight.register_fake
 def _(grad, codes, scale, int8, out_dtype):
     return grad.new_empty((grad.shape[1], codes.shape[1]), dtype=out_dtype)
+
+
+@kernel_op("bittern::bitlinear_group_forward")
+def bitlinear_group_forward(
+    x: Tensor,
+    norm_weights: list[Tensor],
+    w_codes: list[Tensor],
+    gammas: list[Tensor],
+    eps: float,
+    out_dtype: torch.dtype,
+) -> list[Tensor]:
+    """`bitlinear_forward` of 2-3 layers on one input, their norms in one pass: [y...] + [codes...]
+    + [s_x...] + [rstd]."""
+    codes, scales, rstd = sharednorm.rmsnorm_quant_group(x, norm_weights, eps)
+    ys = [
+        _int8_mm(c, wc, s, g, out_dtype) for c, wc, s, g in zip(codes, w_codes, scales, gammas, strict=True)
+    ]
+    return ys + codes + scales + [rstd]
+
+
+@bitlinear_group_forward.register_fake
+def _(x, norm_weights, w_codes, gammas, eps, out_dtype):
+    M, K = x.shape
+    f32 = torch.float32
+    ys = [x.new_empty((M, wc.shape[0]), dtype=out_dtype) for wc in w_codes]
+    codes = [x.new_empty((M, K), dtype=torch.int8) for _ in w_codes]
+    scales = [x.new_empty(M, dtype=f32) for _ in w_codes]
+    return ys + codes + scales + [x.new_empty(M, dtype=f32)]
+
+
+@kernel_op("bittern::rmsnorm_quant_group_backward")
+def rmsnorm_quant_group_backward(
+    grads: list[Tensor], x: Tensor, norm_weights: list[Tensor], rstd: Tensor
+) -> list[Tensor]:
+    """[dx] + [dweight...] of the shared norm pass (dx summed over the layers)."""
+    dx, dws = sharednorm.rmsnorm_quant_group_backward(grads, x, norm_weights, rstd)
+    return [dx, *dws]
+
+
+@rmsnorm_quant_group_backward.register_fake
+def _(grads, x, norm_weights, rstd):
+    return [torch.empty_like(x)] + [torch.empty_like(w) for w in norm_weights]

@@ -218,5 +218,4 @@ def rmsnorm_quant_group_backward(
         INTERPRET=INTERPRET,
         num_warps=row_warps(rows * block),
     )
-    dws = part.sum(1)
-    return dx, [dws[i].to(w.dtype) for i, w in enumerate(weights)]
+    return dx, [part[i].sum(0).to(w.dtype) for i, w in enumerate(weights)]  # separate tensors, no views

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bittern.models.config import ModelConfig
-from bittern.nn.bitlinear import BitLinear, BitLinearOptions
+from bittern.nn.bitlinear import BitLinear, BitLinearOptions, apply_shared
 from bittern.nn.norm import RMSNorm
 
 
@@ -83,9 +83,10 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, start: int = 0):
         B, T, _ = x.shape
-        q = apply_rope(self.q_proj(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k, v = apply_shared((self.q_proj, self.k_proj, self.v_proj), x)  # one norm pass when fused
+        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(start, k, v)
@@ -117,9 +118,9 @@ class FeedForward(nn.Module):
         self.squared_relu = cfg.arch == "bitnet"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.gate_proj(x)
+        g, u = apply_shared((self.gate_proj, self.up_proj), x)  # one norm pass when fused
         g = F.relu(g).square() if self.squared_relu else F.silu(g)
-        h = g * self.up_proj(x)
+        h = g * u
         if self.ffn_sub_norm is not None:
             h = self.ffn_sub_norm(h)
         return self.down_proj(h)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bittern.kernels.dispatch import LAMBDA_ATTR, fast_forward, use_fast_path
+from bittern.kernels.dispatch import (
+    LAMBDA_ATTR,
+    fast_forward,
+    fast_forward_group,
+    use_fast_path,
+    use_group_fast_path,
+)
 from bittern.nn.norm import RMSNorm
 from bittern.quant.core import GRANULARITIES
 from bittern.quant.ste import STE_FORMS, fake_quant_activations, fake_quant_weight
@@ -118,3 +125,25 @@ class BitLinear(nn.Linear):
             if not math.isclose(o.gamma_multiplier, 1.0):
                 s += f", gamma_multiplier={o.gamma_multiplier}"
         return s
+
+
+def apply_shared(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """[layer(x) for layer in layers], for layers that read the same input (q/k/v, gate/up).
+
+    BitLinears on the fused path share one norm-and-quantize pass over x, forward and backward
+    (`bittern.kernels.sharednorm`); anything else is called layer by layer. The layers' forward
+    pre-hooks run as a call would run them (they may watch, not replace, the input).
+    """
+    if (
+        all(isinstance(layer, BitLinear) and layer.quantized for layer in layers)
+        and not (nn.modules.module._global_forward_pre_hooks or nn.modules.module._global_forward_hooks)
+        and use_group_fast_path(layers, x)
+    ):
+        for layer in layers:
+            for hook in layer._forward_pre_hooks.values():
+                if hook(layer, (x,)) is not None:
+                    raise RuntimeError(
+                        f"a forward pre-hook of {layer!r} replaced its input: unsupported here"
+                    )
+        return fast_forward_group(layers, x)
+    return [layer(x) for layer in layers]

@@ -116,6 +116,49 @@ def test_transformer_fast_path_equals_reference():
 
 
 @pytest.mark.usefixtures("fast_on_cpu")
+def test_shared_input_layers_take_one_norm_pass(monkeypatch):
+    """q/k/v and gate/up go through `apply_shared`'s fused group; equal to the layer-by-layer path."""
+    from bittern.kernels import dispatch
+    from bittern.monitor.health import TernaryHealth
+
+    cfg = ModelConfig(
+        preset="tiny", vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=16
+    ).resolved()
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    groups = []
+    original = bitlinear_module.fast_forward_group
+    monkeypatch.setattr(
+        bitlinear_module,
+        "fast_forward_group",
+        lambda layers, x: groups.append(len(layers)) or original(layers, x),
+    )
+    results = []
+    for grouped in (True, False):
+        monkeypatch.setattr(
+            bitlinear_module,
+            "use_group_fast_path",
+            dispatch.use_group_fast_path if grouped else (lambda layers, x: False),
+        )
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        configure(model, KernelsConfig())
+        health = TernaryHealth().attach(model)  # its pre-hooks run in the group path too
+        health.arm()
+        logits = model(tokens)
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+        loss.backward()
+        stats = health.snapshot(model)
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}, stats))
+    assert groups == [3, 2, 3, 2]  # two blocks: q/k/v, then gate/up
+    (loss, grads, stats), (ref_loss, ref_grads, ref_stats) = results
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
+    for name, grad in grads.items():  # dx summed in float32 once instead of three roundings
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert stats.keys() == ref_stats.keys() and any(k.endswith("q_proj/act_clip_frac") for k in stats)
+    assert stats == pytest.approx(ref_stats)
+
+
+@pytest.mark.usefixtures("fast_on_cpu")
 def test_weights_quantized_once_per_optimizer_step():
     from bittern.kernels.weightquant import WEIGHT_CACHE
 
