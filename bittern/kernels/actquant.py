@@ -82,22 +82,41 @@ def _rmsnorm_quant_kernel(
     INTERPRET: tl.constexpr,
 ):
     # ROWS rows per program, each reduced on its own (a block of rows keeps more loads in flight)
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_K)
-    rmask = rows < M
-    mask = rmask[:, None] & (cols[None, :] < K)
-    offs = rows[:, None] * K + cols[None, :]
-    x = tl.load(X + offs, mask=mask, other=0.0)
-    xf = x.to(tl.float32)
+    rows, cols, rmask, mask, offs = row_block(tl.program_id(0), M, K, ROWS, BLOCK_K)
+    xf = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_NORM:
-        rstd = tl.math.rsqrt(tl.sum(xf * xf, axis=1) / K + eps)
-        xn = round_to(xf * rstd[:, None], X.dtype.element_ty, INTERPRET).to(tl.float32)
+        rstd, xn = normalize_rows(xf, K, eps, X.dtype.element_ty, INTERPRET)
         tl.store(RSTD + rows, rstd, mask=rmask)
         norm_quantize_store(xn, W, Q, S, rows, cols, offs, mask, rmask, K, Y_DTYPE, INTERPRET)
     else:
         q, s = absmax_quantize_rows(xf, INTERPRET)
         tl.store(Q + offs, q, mask=mask)
         tl.store(S + rows, s, mask=rmask)
+
+
+@triton.jit
+def row_block(block, M, K, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Rows, columns, row mask, element mask and offsets of the `block`-th block of ROWS rows."""
+    rows = block.to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_K)
+    rmask = rows < M
+    mask = rmask[:, None] & (cols[None, :] < K)
+    return rows, cols, rmask, mask, rows[:, None] * K + cols[None, :]
+
+
+@triton.jit
+def normalize_rows(xf, K, eps, X_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+    """rstd (rows,) and x * rstd rounded to x's dtype (as float32) of float32 rows (padding 0)."""
+    rstd = tl.math.rsqrt(tl.sum(xf * xf, axis=1) / K + eps)
+    return rstd, round_to(xf * rstd[:, None], X_DTYPE, INTERPRET).to(tl.float32)
+
+
+@triton.jit
+def load_normed_rows(X, RSTD, rows, rmask, mask, offs, X_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+    """x (float32), the forward's rstd and x * rstd as the forward rounded it, for a block of rows."""
+    xf = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
+    return xf, rstd, round_to(xf * rstd[:, None], X_DTYPE, INTERPRET).to(tl.float32)
 
 
 @triton.jit
@@ -135,15 +154,9 @@ def _rmsnorm_quant_bwd_kernel(
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK_K], dtype=tl.float32)
     for i in range(ITERS):
-        rows = (pid.to(tl.int64) * ITERS + i) * ROWS + tl.arange(0, ROWS)
-        rmask = rows < M
-        mask = rmask[:, None] & cmask[None, :]
-        offs = rows[:, None] * K + cols[None, :]
+        rows, cols, rmask, mask, offs = row_block(pid * ITERS + i, M, K, ROWS, BLOCK_K)
+        xf, rstd, xn = load_normed_rows(X, RSTD, rows, rmask, mask, offs, X.dtype.element_ty, INTERPRET)
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(X + offs, mask=mask, other=0.0)
-        xf = x.to(tl.float32)
-        rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
-        xn = round_to(xf * rstd[:, None], X.dtype.element_ty, INTERPRET).to(tl.float32)
         dw += tl.sum(dy * xn, axis=0)
         dx = norm_input_grad(dy, w, xf, rstd, K, X.dtype.element_ty, Y_DTYPE, INTERPRET)
         tl.store(DX + offs, round_to(dx, DX.dtype.element_ty, INTERPRET), mask=mask)

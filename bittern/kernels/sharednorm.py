@@ -16,10 +16,13 @@ import triton.language as tl
 
 from bittern.kernels import actquant
 from bittern.kernels.actquant import (
+    load_normed_rows,
     norm_input_grad,
     norm_quantize_store,
+    normalize_rows,
     rmsnorm_quant_backward_reference,
     rmsnorm_quant_reference,
+    row_block,
     tile_rows,
 )
 from bittern.kernels.common import INTERPRET, launch, round_to, row_warps, sm_count, tl_dtype
@@ -69,14 +72,9 @@ def _group_fwd_kernel(
     BLOCK_K: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_K)
-    rmask = rows < M
-    mask = rmask[:, None] & (cols[None, :] < K)
-    offs = rows[:, None] * K + cols[None, :]
+    rows, cols, rmask, mask, offs = row_block(tl.program_id(0), M, K, ROWS, BLOCK_K)
     xf = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    rstd = tl.math.rsqrt(tl.sum(xf * xf, axis=1) / K + eps)
-    xn = round_to(xf * rstd[:, None], X.dtype.element_ty, INTERPRET).to(tl.float32)
+    rstd, xn = normalize_rows(xf, K, eps, X.dtype.element_ty, INTERPRET)
     tl.store(RSTD + rows, rstd, mask=rmask)
     norm_quantize_store(xn, W0, Q0, S0, rows, cols, offs, mask, rmask, K, Y_DTYPE, INTERPRET)
     norm_quantize_store(xn, W1, Q1, S1, rows, cols, offs, mask, rmask, K, Y_DTYPE, INTERPRET)
@@ -116,13 +114,8 @@ def _group_bwd_kernel(
     dw1 = tl.zeros([BLOCK_K], dtype=tl.float32)
     dw2 = tl.zeros([BLOCK_K], dtype=tl.float32)
     for i in range(ITERS):
-        rows = (pid.to(tl.int64) * ITERS + i) * ROWS + tl.arange(0, ROWS)
-        rmask = rows < M
-        mask = rmask[:, None] & cmask[None, :]
-        offs = rows[:, None] * K + cols[None, :]
-        xf = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
-        xn = round_to(xf * rstd[:, None], X.dtype.element_ty, INTERPRET).to(tl.float32)
+        rows, cols, rmask, mask, offs = row_block(pid * ITERS + i, M, K, ROWS, BLOCK_K)
+        xf, rstd, xn = load_normed_rows(X, RSTD, rows, rmask, mask, offs, X.dtype.element_ty, INTERPRET)
         dy = tl.load(DY0 + offs, mask=mask, other=0.0).to(tl.float32)
         dw0 += tl.sum(dy * xn, axis=0)
         dx = norm_input_grad(dy, w0, xf, rstd, K, X.dtype.element_ty, Y_DTYPE, INTERPRET)
