@@ -172,11 +172,8 @@ def configure(model: nn.Module, cfg=None) -> int:
     for layer in layers:
         if shared is not None:
             setattr(layer, OPTIONS_ATTR, shared)
-        opts = getattr(layer, OPTIONS_ATTR, DEFAULT_OPTIONS)
         one = lambdas_are_one(layer)
-        supported = layer.weight.device.type in FAST_DEVICE_TYPES
-        supported = supported and layer.options.granularity in FAST_GRANULARITIES
-        fast += bool(available and opts.enabled and supported and one)
+        fast += bool(available and _fast_capable(layer) and one)
     refresh(model)
     return fast
 
@@ -185,6 +182,16 @@ def _quantized_layers(model: nn.Module) -> list[nn.Module]:
     from bittern.nn.bitlinear import BitLinear
 
     return [m for m in model.modules() if isinstance(m, BitLinear) and m.quantized]
+
+
+def _fast_capable(layer: nn.Module) -> bool:
+    """The fast path is on for `layer` and its weight is one the kernels take (lambda aside)."""
+    return (
+        getattr(layer, OPTIONS_ATTR, DEFAULT_OPTIONS).enabled
+        and layer.weight.device.type in FAST_DEVICE_TYPES
+        and layer.options.granularity in FAST_GRANULARITIES
+        and layer.weight.is_contiguous()
+    )
 
 
 def refresh(model: nn.Module) -> None:
@@ -203,15 +210,8 @@ def refresh(model: nn.Module) -> None:
     if not WEIGHT_CACHE.enabled:
         return
     for layer in _quantized_layers(model):
-        opts = getattr(layer, OPTIONS_ATTR, DEFAULT_OPTIONS)
-        if (
-            opts.enabled
-            and layer.weight.device.type in FAST_DEVICE_TYPES
-            and layer.options.granularity in FAST_GRANULARITIES
-            and layer.weight.is_contiguous()
-            and getattr(layer, LAMBDA_ATTR, False)
-        ):
-            weight_codes(layer, opts.grad_input_int8)
+        if _fast_capable(layer) and getattr(layer, LAMBDA_ATTR, False):
+            weight_codes(layer, getattr(layer, OPTIONS_ATTR, DEFAULT_OPTIONS).grad_input_int8)
 
 
 def set_weight_cache(enabled: bool) -> None:

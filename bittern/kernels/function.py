@@ -99,15 +99,20 @@ def weight_codes(
     return bound
 
 
-def bitlinear_fast(
-    layer: nn.Module, x: torch.Tensor, grad_input_int8: bool = False, grad_weight_int8: bool = False
-) -> torch.Tensor:
-    """BitLinear `layer` applied to x (..., in_features) through `BitLinearFunction` (lambda must be 1)."""
+def _check_lambda(layer: nn.Module) -> None:
+    """Refuse a layer whose progressive-quantization lambda is not 1 (the kernels compute lambda = 1)."""
     if not lambdas_are_one(layer):
         raise RuntimeError(
             "bittern's fused kernels run only at progressive-quantization lambda = 1; after writing "
             "lambda other than through BitLinear.set_lambda, call bittern.kernels.configure(model)"
         )
+
+
+def bitlinear_fast(
+    layer: nn.Module, x: torch.Tensor, grad_input_int8: bool = False, grad_weight_int8: bool = False
+) -> torch.Tensor:
+    """BitLinear `layer` applied to x (..., in_features) through `BitLinearFunction` (lambda must be 1)."""
+    _check_lambda(layer)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     norm = layer.norm
@@ -132,7 +137,7 @@ class BitLinearGroupFunction(torch.autograd.Function):
     """BitLinearFunction for 2-3 layers reading one 2-D x: their norms in one pass both ways.
 
     Called as apply(settings, x, *norm_weights, *weights, *w_codes, *gammas, *w_codes_t) with
-    settings = (layers, eps, out_dtype, grad_input_int8, grad_weight_int8, weight dtypes).
+    settings = (number of layers, eps, out_dtype, grad_input_int8, grad_weight_int8, weight dtypes).
     """
 
     @staticmethod
@@ -179,8 +184,7 @@ def bitlinear_group_fast(
 ) -> list[torch.Tensor]:
     """Each BitLinear of `layers` (2-3, each with a norm, same eps) applied to the same x, fused."""
     for layer in layers:
-        if not lambdas_are_one(layer):
-            raise RuntimeError("bittern's fused kernels run only at progressive-quantization lambda = 1")
+        _check_lambda(layer)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     codes = [weight_codes(layer, grad_input_int8) for layer in layers]

@@ -568,8 +568,9 @@ def int8_mm(
 ) -> torch.Tensor:
     """Kernel version of `int8_mm_reference`; `config` fixes the pointer kernel's tile.
 
-    Without `config`, on the GPU: the TMA kernel, autotuned, where the device (Hopper+), the shape
-    and the alignment allow it and `KERNEL` is not "pointer"; else the pointer kernel, autotuned.
+    Without `config`, on the GPU: the TMA kernel, autotuned, where `KERNEL` is "tma" and the
+    device (Hopper+), the shape and the alignment allow it; else the pointer kernel, autotuned
+    on the first eager call of each shape and launched with that tile afterwards.
     """
     c, args, flags = _prepare(a, b, row_scale, col_scale, out_dtype)
     if args is None:
@@ -580,12 +581,13 @@ def int8_mm(
         if programs := _use_tma(a, b, c):
             _launch_tma(args, flags, programs, None)
             return c
+        traced = tracing()  # Inductor then autotunes the kernel itself
         key = (bucket(M), N, K, tuple(sorted(flags.items())), out_dtype)
-        config = None if tracing() else _TUNED.get(key)
+        config = None if traced else _TUNED.get(key)
         if config is None:
             grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
             launch(_int8_mm_autotuned)[grid](*args, M, N, bucket(M), K, **flags, INTERPRET=False)
-            if not tracing():
+            if not traced:
                 _TUNED[key] = _tile(_int8_mm_autotuned.best_config)
             return c
     bm, bn, bk, warps, stages = config or INTERPRETER_CONFIG

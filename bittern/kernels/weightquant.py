@@ -218,7 +218,6 @@ class _Entry:
     gamma: torch.Tensor
     codes_t: torch.Tensor | None = field(default=None)
     view: tuple = ()
-    generation: int = 0
 
 
 class WeightCache:
@@ -227,11 +226,11 @@ class WeightCache:
     One entry per storage (held by weak references, as torch's own caches do), valid for one
     address, view, dtype and quantizer settings. An entry's tensors keep their addresses for
     its whole life: they are rewritten in place, so a compiled graph that took them as inputs
-    (`bittern.kernels.dispatch.bind_codes`) always reads the current codes. Refreshes happen
-    after every optimizer step (`refresh_all`, from a global optimizer hook) and on a lookup
-    that sees `weight._version` moved. Other writes that bypass the version counter (through
-    `.data`, or FSDP2's all-gather into its unsharded buffers) need `refresh_all()` or the
-    cache off (`set_weight_cache(False)`).
+    (bound to each layer by `bittern.kernels.function.weight_codes`) always reads the current
+    codes. Refreshes happen after every optimizer step (`refresh_all`, from a global optimizer
+    hook) and on a lookup that sees `weight._version` moved. Other writes that bypass the
+    version counter (through `.data`, or FSDP2's all-gather into its unsharded buffers) need
+    `refresh_all()` or the cache off (`set_weight_cache(False)`).
 
     An in-place refresh overwrites codes that a pending backward saved, so a weight must not
     change between a forward and its backward (no optimizer step in between).
@@ -241,18 +240,12 @@ class WeightCache:
         self._entries: dict[int, _Entry] = {}
         self.enabled = True
         self.misses = 0  # ternarizations done: one per weight per optimizer step when caching works
-        self.generation = 0
 
     def clear(self) -> None:
         self._entries.clear()
 
-    def new_generation(self) -> None:
-        """Every entry is stale from now on (the weights may have changed unseen)."""
-        self.generation += 1
-
     def refresh_all(self) -> None:
-        """Re-ternarize every live entry in place now (after an optimizer step)."""
-        self.new_generation()
+        """Re-ternarize every live entry in place now (after an optimizer step); drop the rest."""
         for key, entry in list(self._entries.items()):
             w = entry.weight()
             if w is None or entry.storage.expired() or _view(w, *entry.view[-2:]) != entry.view:
@@ -288,13 +281,12 @@ class WeightCache:
                 codes,
                 gamma,
                 view=view,
-                generation=self.generation,
             )
             self._entries[key] = entry
         else:
             if entry.weight() is not w:  # the same storage seen through another tensor object
                 entry.weight = weakref.ref(w)
-            if entry.version != w._version or entry.generation != self.generation:
+            if entry.version != w._version:
                 self._refresh(entry, w)
         if transposed and entry.codes_t is None:
             entry.codes_t = entry.codes.t().contiguous()
@@ -306,7 +298,7 @@ class WeightCache:
         ternarize_weight(w, entry.view[-2], per_channel, out=(entry.codes, entry.gamma))
         if entry.codes_t is not None:
             entry.codes_t.copy_(entry.codes.t())
-        entry.version, entry.generation = w._version, self.generation
+        entry.version = w._version
 
     def _drop_expired(self) -> None:
         for key in [k for k, e in self._entries.items() if e.storage.expired() or e.weight() is None]:

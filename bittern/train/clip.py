@@ -109,15 +109,14 @@ def per_layer_grad_norms(model: nn.Module) -> dict[str, float]:
     named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
     if not named:
         return {}
-    squares = torch.stack([_local(g).float().square().sum() for _, g in named])
+    norms = torch.stack([torch.linalg.vector_norm(_local(g)).float() for _, g in named])
     sharded = [g for _, g in named if isinstance(g, DTensor)]
     if sharded:
-        local = squares.new_tensor([isinstance(g, DTensor) for _, g in named], dtype=torch.bool)
-        summed = squares.where(local, torch.zeros_like(squares))
-        dist.all_reduce(summed, group=sharded[0].device_mesh.get_group())
-        squares = summed.where(local, squares)
-    norms = squares.sqrt().tolist()
-    return {n: v for (n, _), v in zip(named, norms, strict=True)}
+        is_shard = norms.new_tensor([isinstance(g, DTensor) for _, g in named], dtype=torch.bool)
+        squares = norms.square().where(is_shard, torch.zeros_like(norms))
+        dist.all_reduce(squares, group=sharded[0].device_mesh.get_group())
+        norms = squares.sqrt().where(is_shard, norms)
+    return {n: v for (n, _), v in zip(named, norms.tolist(), strict=True)}
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
