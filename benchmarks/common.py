@@ -56,3 +56,36 @@ def header(config: str) -> dict:
 
 def write_json(path: str | Path, report: dict) -> None:
     Path(path).write_text(json.dumps(report, indent=1))
+
+
+def profile_summary(prof, repeats: int, per: str, kernels: int, host_ops: int, name_len: int) -> tuple:
+    """(GPU kernel ms, top kernels, top host ops) per repeat of a torch.profiler run.
+
+    Each kernel and host op is a dict with its name (cut to `name_len`), its time per repeat
+    (`ms_per_<per>` / `self_ms_per_<per>`) and its calls per repeat.
+    """
+    events = prof.key_averages()
+    cuda = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    gpu_ms = sum(e.self_device_time_total for e in cuda) / 1e3 / repeats
+    top = sorted(cuda, key=lambda e: -e.self_device_time_total)[:kernels]
+    cpu_top = sorted(cpu, key=lambda e: -e.self_cpu_time_total)[:host_ops]
+    return (
+        gpu_ms,
+        [
+            {
+                "name": e.key[:name_len],
+                f"ms_per_{per}": e.self_device_time_total / 1e3 / repeats,
+                "calls": e.count // repeats,
+            }
+            for e in top
+        ],
+        [
+            {
+                "name": e.key[:name_len],
+                f"self_ms_per_{per}": e.self_cpu_time_total / 1e3 / repeats,
+                "calls": e.count // repeats,
+            }
+            for e in cpu_top
+        ],
+    )

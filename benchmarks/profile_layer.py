@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmarks.common import profile_summary
 from bittern.kernels import configure
 from bittern.nn import BitLinear
 
@@ -78,30 +79,14 @@ def profile(kind: str, k: int, n: int, compiled: bool) -> dict:
         for _ in range(PASSES):
             one_pass(layer, x, g)
         torch.cuda.synchronize()
-    events = prof.key_averages()
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-    gpu_ms = sum(e.self_device_time_total for e in kernels) / 1e3 / PASSES
-    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:12]
-    cpu_top = sorted(
-        [e for e in events if e.device_type == torch.autograd.DeviceType.CPU],
-        key=lambda e: -e.self_cpu_time_total,
-    )[:10]
+    gpu_ms, kernels, host_ops = profile_summary(prof, PASSES, "pass", kernels=12, host_ops=10, name_len=90)
     return {
         "wall_ms": wall_ms,
         "host_issue_ms": host_ms,
         "gpu_kernel_ms": gpu_ms,
         "gpu_idle_ms": max(wall_ms - gpu_ms, 0.0),
-        "kernels": [
-            {
-                "name": e.key[:90],
-                "ms_per_pass": e.self_device_time_total / 1e3 / PASSES,
-                "calls": e.count // PASSES,
-            }
-            for e in top
-        ],
-        "host_ops": [
-            {"name": e.key[:90], "self_ms_per_pass": e.self_cpu_time_total / 1e3 / PASSES} for e in cpu_top
-        ],
+        "kernels": kernels,
+        "host_ops": host_ops,
     }
 
 

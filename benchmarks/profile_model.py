@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import profile_summary
 from benchmarks.train_throughput import PRESET_BATCH, VARIANTS, build, compiled_parts, make_step, release
 from bittern.config import OptimConfig
 from bittern.train.optim import build_optimizer
@@ -50,12 +51,7 @@ def profile_variant(preset: str, name: str, seq: int, vocab: int, warmup: int) -
     with torch.profiler.profile(activities=acts) as prof:
         for i in range(STEPS):
             step(warmup + STEPS + i)
-    events = prof.key_averages()
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-    gpu_ms = sum(e.self_device_time_total for e in kernels) / 1e3 / STEPS
-    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:18]
-    cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
-    cpu_top = sorted(cpu, key=lambda e: -e.self_cpu_time_total)[:12]
+    gpu_ms, kernels, host_ops = profile_summary(prof, STEPS, "step", kernels=18, host_ops=12, name_len=100)
     del model, forward, optimizer, step
     release()
     return {
@@ -63,22 +59,8 @@ def profile_variant(preset: str, name: str, seq: int, vocab: int, warmup: int) -
         "variant": name,
         "wall_ms_per_step": wall_ms,
         "gpu_kernel_ms_per_step": gpu_ms,
-        "kernels": [
-            {
-                "name": e.key[:100],
-                "ms_per_step": e.self_device_time_total / 1e3 / STEPS,
-                "calls": e.count // STEPS,
-            }
-            for e in top
-        ],
-        "host_ops": [
-            {
-                "name": e.key[:100],
-                "self_ms_per_step": e.self_cpu_time_total / 1e3 / STEPS,
-                "calls": e.count // STEPS,
-            }
-            for e in cpu_top
-        ],
+        "kernels": kernels,
+        "host_ops": host_ops,
     }
 
 
