@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from bittern.errors import BitternError
+
 OPTIONS_ATTR = "_bittern_kernels"  # KernelOptions set on a BitLinear by `configure`
 LAMBDA_ATTR = "_bittern_lambda_is_one"  # host-side record of "both lambdas are 1"
 CODES_ATTR = "_bittern_codes"  # (codes, gamma, codes^T or None) of the weight, from the cache
@@ -64,6 +66,8 @@ def fast_path_available() -> bool:
                     _available = True
             except ImportError:
                 pass
+            except BitternError:  # a setting of the user's (BITTERN_INT8_MM): reported, not worked around
+                raise
             except Exception as e:  # a Triton or torch version the kernels do not load on
                 warnings.warn(f"bittern.kernels unavailable, using the reference path: {e!r}", stacklevel=2)
     return _available

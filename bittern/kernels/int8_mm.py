@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 from triton.runtime import _allocation
 
+from bittern.errors import BitternError
 from bittern.kernels.common import INTERPRET, bucket, launch, round_to, sm_count, tracing
 
 # Tile shapes tried by the pointer kernel's autotuner (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages);
@@ -60,7 +61,7 @@ def _kernel_choice(value: str | None) -> str:
     """The value of `BITTERN_INT8_MM`: "pointer" (unset or empty) or "tma"."""
     choice = (value or "pointer").strip().lower() or "pointer"
     if choice not in ("tma", "pointer"):
-        raise ValueError(f"BITTERN_INT8_MM must be 'pointer' or 'tma', not {value!r}")
+        raise BitternError(f"BITTERN_INT8_MM must be 'pointer' or 'tma', not {value!r}")
     return choice
 
 

@@ -19,9 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bittern.errors import BitternError
+
 
 def backend() -> str:
-    return os.environ.get("BITTERN_COMPILE_BACKEND") or "inductor"
+    """The torch.compile backend: `BITTERN_COMPILE_BACKEND`, else Inductor."""
+    name = os.environ.get("BITTERN_COMPILE_BACKEND") or "inductor"
+    if name not in torch._dynamo.list_backends(exclude_tags=()):
+        raise BitternError(f"BITTERN_COMPILE_BACKEND={name!r} is not a torch.compile backend")
+    return name
 
 
 def compile_blocks(model: nn.Module) -> int:

@@ -61,6 +61,7 @@ from bittern.monitor import (
 )
 from bittern.runtime import autocast, resolve_device, resolve_precision
 from bittern.train.clip import GradClipper, per_layer_grad_norms
+from bittern.train.compiling import backend as compile_backend
 from bittern.train.compiling import compile_blocks, compiled_cross_entropy, cross_entropy
 from bittern.train.data import open_dataset
 from bittern.train.guard import OK, ROLLBACK, PlateauWatch, StabilityGuard
@@ -118,6 +119,8 @@ class Trainer:
     ) -> None:
         self.out, self.cfg, self.init_source = Path(out), cfg, init
         t = cfg.train
+        if t.compile:
+            compile_backend()  # a bad BITTERN_COMPILE_BACKEND fails before anything is written
         base_device = resolve_device(t.device)
         self.dist = init_distributed(base_device, cfg.dist.timeout)
         self.device = local_device(base_device, self.dist)

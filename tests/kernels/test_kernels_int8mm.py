@@ -9,6 +9,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 import bittern.kernels.int8_mm as int8_mm_module  # noqa: E402
+from bittern.errors import BitternError  # noqa: E402
 from bittern.kernels.int8_mm import (  # noqa: E402
     TMA_CONFIGS,
     TMA_CONFIGS_4BYTE,
@@ -179,7 +180,7 @@ def test_kernel_choice_from_environment():
     choice = int8_mm_module._kernel_choice
     assert choice(None) == choice("") == choice("pointer") == choice(" Pointer ") == "pointer"
     assert choice("tma") == choice("TMA") == "tma"
-    with pytest.raises(ValueError, match="BITTERN_INT8_MM"):
+    with pytest.raises(BitternError, match="BITTERN_INT8_MM"):
         choice("auto")
 
 

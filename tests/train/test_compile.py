@@ -51,3 +51,17 @@ def test_compile_blocks_keeps_parameter_names():
     assert list(model.state_dict()) == names  # checkpoints and exports see the same keys
     with pytest.raises(TypeError, match="layers"):
         compile_blocks(torch.nn.Linear(2, 2))
+
+
+def test_unknown_compile_backend_is_one_line_error(tiny_config, tmp_path, monkeypatch, capsys):
+    from bittern.cli import main
+    from tests.cli.test_cli import write_config
+    from tests.conftest import tiny_config_dict
+
+    monkeypatch.setenv("BITTERN_COMPILE_BACKEND", "no-such-backend")
+    cfg = tiny_config_dict(tiny_config().data.path, train={"compile": True, "steps": 2})
+    path = write_config(tmp_path / "c.toml", cfg)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--quiet"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["bittern: error: BITTERN_COMPILE_BACKEND='no-such-backend' is not a torch.compile backend"]
+    assert not (tmp_path / "run").exists()  # refused before anything was written
