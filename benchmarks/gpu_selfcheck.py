@@ -4,10 +4,11 @@ What the CPU tests cannot show, on one CUDA GPU in about a minute:
 
 1. the int8 GEMM (pointer kernel, and the TMA kernel of `BITTERN_INT8_MM=tma`) exact against
    its int64 reference at the 1B preset's shapes;
-2. a small Llama trained 3 steps (fused AdamW, bf16 autocast) on the fused path, eager and
+2. a small Llama trained 5 steps (fused AdamW, bf16 autocast) on the fused path, eager and
    compiled block by block, with each kernel: per-step losses against the eager fused run
    (the compiled graphs must read the codes each optimizer step refreshes in place) and
-   against the reference path.
+   against the reference path; after the last step, every cached weight's codes against a
+   fresh ternarization of the weight (the refresh is then a replayed CUDA graph).
 
 JSON out; exit status 1 if a check fails.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+CACHE_CHECKS: dict = {}
 GEMM_SHAPES = (
     (8192, 2048, 2048),
     (8192, 5632, 2048),
@@ -32,7 +34,7 @@ GEMM_SHAPES = (
     (8192, 256, 2048),
     (77, 2048, 2048),
 )
-STEPS = 3
+STEPS = 5  # the weight refresh is eager after steps 1-2, recorded after 2, replayed from 3 on
 
 
 def check_gemms(kernel: str) -> list[dict]:
@@ -46,12 +48,34 @@ def check_gemms(kernel: str) -> list[dict]:
         b = torch.randint(-1, 2, (N, K), dtype=torch.int8, device="cuda", generator=g)
         row = torch.rand(M, device="cuda", generator=g) + 0.5
         col = torch.rand(N, device="cuda", generator=g) + 0.5
-        exact = torch.equal(module.int8_mm(a, b), module.int8_mm_reference(a, b))
-        want = module.int8_mm_reference(a, b, row, col, torch.bfloat16)
+        # the int64 reference on the CPU (CUDA has no int64 matmul)
+        ca, cb, crow, ccol = (t.cpu() for t in (a, b, row, col))
+        exact = torch.equal(module.int8_mm(a, b).cpu(), module.int8_mm_reference(ca, cb))
+        want = module.int8_mm_reference(ca, cb, crow, ccol, torch.bfloat16).to("cuda")
         # twice: the first call autotunes, the second launches the remembered tile directly
         scaled = all(torch.equal(module.int8_mm(a, b, row, col, torch.bfloat16), want) for _ in range(2))
         rows.append({"kernel": kernel, "shape": [M, N, K], "int32_exact": exact, "bf16_exact": scaled})
     return rows
+
+
+def stale_codes() -> dict:
+    """The cached codes against a fresh ternarization of each weight: the replayed refresh's check."""
+    from bittern.kernels.weightquant import WEIGHT_CACHE, ternarize_reference
+
+    worst_codes = worst_gamma = 0.0
+    for entry in WEIGHT_CACHE._entries.values():
+        w = entry.weight()
+        if w is None:
+            continue
+        codes, gamma = ternarize_reference(w.detach(), *entry.view[-2:])
+        worst_codes = max(worst_codes, (entry.codes != codes).float().mean().item())
+        worst_gamma = max(worst_gamma, ((entry.gamma - gamma).abs() / gamma).max().item())
+    return {
+        "entries": len(WEIGHT_CACHE),
+        "replaying": WEIGHT_CACHE._replay is not None,
+        "codes_differing": worst_codes,
+        "gamma_rel_diff": worst_gamma,
+    }
 
 
 def train_losses(kernel: str, fast: bool, compiled: bool) -> list[float]:
@@ -92,6 +116,8 @@ def train_losses(kernel: str, fast: bool, compiled: bool) -> list[float]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+    if fast:
+        CACHE_CHECKS[(kernel, compiled)] = stale_codes()
     return losses
 
 
@@ -99,6 +125,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--kernels", default="pointer,tma")
+    p.add_argument("--no-gemm", action="store_true", help="only the training checks")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("gpu_selfcheck.py: needs a CUDA GPU", file=sys.stderr)
@@ -110,7 +137,7 @@ def main() -> int:
     }
     ok = True
     report["gemm"] = []
-    for kernel in args.kernels.split(","):
+    for kernel in [] if args.no_gemm else args.kernels.split(","):
         try:
             rows = check_gemms(kernel)
         except Exception as e:  # a kernel that does not build or launch here: recorded, not fatal
@@ -138,8 +165,12 @@ def main() -> int:
                 abs(a - b) <= 2e-3 * abs(b) for a, b in zip(losses, eager, strict=True)
             )
             close_ref = all(abs(a - b) <= 2e-2 * abs(b) for a, b in zip(losses, reference, strict=True))
-            ok = ok and close_eager and close_ref
+            cache = CACHE_CHECKS[(kernel, compiled)]
+            fresh = cache["replaying"] and cache["codes_differing"] < 1e-5 and cache["gamma_rel_diff"] < 1e-5
+            report["train"][name + " cache"] = cache
+            ok = ok and close_eager and close_ref and fresh
             print(name, losses, "vs fast eager", close_eager, "vs reference", close_ref, flush=True)
+            print(name, "weight cache after the last step", cache, "fresh", fresh, flush=True)
     report["ok"] = ok
     Path(args.out).write_text(json.dumps(report, indent=1))
     print("all checks passed" if ok else "SOME CHECKS FAILED")

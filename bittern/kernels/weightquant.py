@@ -14,11 +14,21 @@ needed: fused AdamW
 (`fused=True`, the trainer's choice on CUDA) writes the parameters in place without moving
 their version counters, and a cache trusting them alone would keep the first step's codes
 forever (the model would train its norms and embeddings only).
+
+On a GPU, once the set of entries has stayed the same over two refreshes, `refresh_all`
+records its launches in a CUDA graph and replays it after later steps: every launch keeps
+its addresses (the weights are updated in place, the entries rewritten in place), and one
+replay replaces two Python-launched kernels per layer, ~100 us of host time each, which a
+small model's step cannot hide behind its GPU work. Any change of the entries (a layer
+added, dropped or moved, a transposed copy asked for) refreshes eagerly and records anew.
 """
 
 from __future__ import annotations
 
+import itertools
+import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -218,6 +228,15 @@ class _Entry:
     gamma: torch.Tensor
     codes_t: torch.Tensor | None = field(default=None)
     view: tuple = ()
+    serial: int = field(default_factory=itertools.count().__next__)  # unique for the process's life
+
+
+def capture_graph(fn: Callable[[], None]) -> Callable[[], None]:
+    """`fn`'s CUDA launches recorded in a CUDA graph (not run); returns the graph's replay."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        fn()
+    return graph.replay
 
 
 class WeightCache:
@@ -239,19 +258,61 @@ class WeightCache:
     def __init__(self) -> None:
         self._entries: dict[int, _Entry] = {}
         self.enabled = True
+        self.graphs = True  # replay refresh_all as a CUDA graph once the entries settle (GPU only)
         self.misses = 0  # ternarizations done: one per weight per optimizer step when caching works
+        self._seen: tuple = ()  # the entries of the last eager refresh_all
+        self._replay: tuple[tuple, Callable[[], None]] | None = None  # (entries, recorded refresh)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._seen, self._replay = (), None
 
     def refresh_all(self) -> None:
         """Re-ternarize every live entry in place now (after an optimizer step); drop the rest."""
+        live = []
         for key, entry in list(self._entries.items()):
             w = entry.weight()
             if w is None or entry.storage.expired() or _view(w, *entry.view[-2:]) != entry.view:
                 del self._entries[key]
             else:
-                self._refresh(entry, w)
+                live.append((entry, w))
+        if not live:
+            return
+        seen = tuple((entry.serial, entry.codes_t is not None) for entry, _ in live)
+        if self._replay is not None and self._replay[0] == seen:
+            self._replay[1]()
+            self.misses += len(live)
+            for entry, w in live:
+                entry.version = w._version
+            return
+        for entry, w in live:
+            self._refresh(entry, w)
+        if seen == self._seen and self._graphable(live):
+            self._record(seen, live)
+        self._seen = seen
+
+    def _graphable(self, live: list) -> bool:
+        return (
+            self.graphs
+            and not INTERPRET
+            and all(w.is_cuda for _, w in live)
+            and not torch.compiler.is_compiling()
+            and not torch.cuda.is_current_stream_capturing()
+        )
+
+    def _record(self, seen: tuple, live: list) -> None:
+        """Record the refresh of `live` (already refreshed eagerly: recording does not run it)."""
+
+        def rewrite_all() -> None:
+            for entry, w in live:
+                _rewrite(entry, w)
+
+        try:
+            self._replay = (seen, capture_graph(rewrite_all))
+        except Exception as e:  # a device or driver that cannot record: keep refreshing eagerly
+            self.graphs = False
+            self._replay = None
+            warnings.warn(f"weight refresh stays eager: recording a CUDA graph failed ({e})", stacklevel=2)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -294,15 +355,20 @@ class WeightCache:
 
     def _refresh(self, entry: _Entry, w: torch.Tensor) -> None:
         self.misses += 1
-        per_channel = entry.view[-1]
-        ternarize_weight(w, entry.view[-2], per_channel, out=(entry.codes, entry.gamma))
-        if entry.codes_t is not None:
-            entry.codes_t.copy_(entry.codes.t())
+        _rewrite(entry, w)
         entry.version = w._version
 
     def _drop_expired(self) -> None:
         for key in [k for k, e in self._entries.items() if e.storage.expired() or e.weight() is None]:
             del self._entries[key]
+
+
+def _rewrite(entry: _Entry, w: torch.Tensor) -> None:
+    """Ternarize `w` into the entry's tensors, in place (device work only)."""
+    multiplier, per_channel = entry.view[-2:]
+    ternarize_weight(w, multiplier, per_channel, out=(entry.codes, entry.gamma))
+    if entry.codes_t is not None:
+        entry.codes_t.copy_(entry.codes.t())
 
 
 def _view(w: torch.Tensor, gamma_multiplier: float, per_channel: bool) -> tuple:

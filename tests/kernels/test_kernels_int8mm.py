@@ -169,7 +169,7 @@ def test_tma_path_choice(monkeypatch):
     assert use(64, 72, 72) is None  # K % 16: the int8 rows of A and B are misaligned
     assert use(64, 36, 80) is None  # 36 * 2 bytes: bfloat16 output rows misaligned
     assert use(64, 72, 80, offset=1) is None  # A's base pointer misaligned
-    monkeypatch.setattr(int8_mm_module, "KERNEL", "pointer")  # the default (BITTERN_INT8_MM unset)
+    monkeypatch.setattr(int8_mm_module, "KERNEL", "pointer")  # BITTERN_INT8_MM=pointer
     assert use(64, 72, 80) is None
     monkeypatch.setattr(int8_mm_module, "_tma_sms", lambda device: None)  # pre-Hopper
     monkeypatch.setattr(int8_mm_module, "KERNEL", "tma")
@@ -178,8 +178,8 @@ def test_tma_path_choice(monkeypatch):
 
 def test_kernel_choice_from_environment():
     choice = int8_mm_module._kernel_choice
-    assert choice(None) == choice("") == choice("pointer") == choice(" Pointer ") == "pointer"
-    assert choice("tma") == choice("TMA") == "tma"
+    assert choice(None) == choice("") == choice("tma") == choice("TMA") == "tma"
+    assert choice("pointer") == choice(" Pointer ") == "pointer"
     with pytest.raises(BitternError, match="BITTERN_INT8_MM"):
         choice("auto")
 

@@ -119,3 +119,47 @@ def test_cache_keeps_one_entry_per_storage_refilled_in_place():
         codes = cache.lookup(w, 1.0, False)[0]
         assert torch.equal(codes, ternarize_reference(w, 1.0, False)[0])
         assert len(cache) == 1
+
+
+def test_refresh_all_records_once_the_entries_settle_and_replays(monkeypatch):
+    """The CUDA-graph bookkeeping, with a stand-in recorder (a replay reruns what was recorded)."""
+    recorded = []
+
+    def record(fn):
+        recorded.append(fn)
+        return fn
+
+    monkeypatch.setattr(weightquant, "capture_graph", record)
+    monkeypatch.setattr(WeightCache, "_graphable", lambda self, live: True)
+    cache = WeightCache()
+    a, b = (torch.nn.Parameter(_w(16, 32, seed=s)) for s in (1, 2))
+    codes_a = cache.lookup(a, 1.0, False)[0]
+    codes_b = cache.lookup(b, 1.0, True)[0]
+
+    def step_and_check():
+        with torch.no_grad():
+            for w in (a, b):
+                w.data.copy_(torch.randn_like(w))  # unseen by the version counter, as fused AdamW
+        cache.refresh_all()
+        assert torch.equal(codes_a, ternarize_reference(a.detach(), 1.0, False)[0])
+        assert torch.equal(codes_b, ternarize_reference(b.detach(), 1.0, True)[0])
+
+    step_and_check()
+    assert recorded == []  # the first refresh of these entries: eager
+    step_and_check()
+    assert len(recorded) == 1  # the same entries twice: recorded
+    misses = cache.misses
+    step_and_check()  # replayed
+    step_and_check()
+    assert len(recorded) == 1 and cache.misses == misses + 4
+    codes_t = cache.lookup(a, 1.0, False, transposed=True)[2]  # the entries changed
+    step_and_check()
+    assert len(recorded) == 1
+    step_and_check()
+    assert len(recorded) == 2
+    step_and_check()
+    assert torch.equal(codes_t, codes_a.t())
+    a.data = -a.data  # moved (new storage): its entry no longer matches, the recording must not run
+    before = codes_a.clone()
+    cache.refresh_all()
+    assert len(cache) == 1 and len(recorded) == 2 and torch.equal(codes_a, before)
