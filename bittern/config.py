@@ -158,6 +158,7 @@ class DistConfig:
     mode: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard per block) when launched on several ranks
     timeout: float = 300.0  # seconds a collective may wait before the process group fails
     bucket_cap_mb: int = 25  # DDP gradient bucket size
+    packed_all_gather: bool = False  # fsdp: all-gather ternary codes, 2 bits each, not the weights
 
 
 @dataclass

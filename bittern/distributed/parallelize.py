@@ -2,6 +2,7 @@
 
 The model never imports this module. FSDP2 gathers each block's full weights before its
 forward, so BitLinear's absmean scale is always computed over the whole weight, never a shard.
+With `packed` it gathers their ternary codes instead, 2 bits each (bittern.distributed.packed).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bittern.distributed.packed import install, precompute_gammas
 from bittern.distributed.setup import DistInfo
 from bittern.errors import BitternError
 
@@ -22,29 +24,40 @@ def parallelize(
     device: torch.device,
     bucket_cap_mb: int,
     param_dtype: torch.dtype | None,
+    packed: bool = False,
 ) -> nn.Module:
-    """DDP- or FSDP2-wrap `model` (a no-op for one process); return the module to call."""
+    """DDP- or FSDP2-wrap `model` (a no-op for one process); return the module to call.
+
+    `packed` (FSDP2 only): all-gather the BitLinear weights as packed ternary codes.
+    """
     if not info.enabled:
         return model
+    if packed and mode != "fsdp":
+        raise BitternError(f"dist.packed_all_gather needs dist.mode = 'fsdp', not {mode!r}")
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
         return DDP(model, device_ids=ids, bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=True)
     if mode == "fsdp":
-        return _fully_shard(model, param_dtype)
+        return _fully_shard(model, param_dtype, info.world if packed else 0)
     raise BitternError(f"dist.mode must be one of {MODES}, got {mode!r}")
 
 
-def _fully_shard(model: nn.Module, param_dtype: torch.dtype | None) -> nn.Module:
+def _fully_shard(model: nn.Module, param_dtype: torch.dtype | None, packed_world: int) -> nn.Module:
+    """fully_shard every block, then the root; BitLinear weights packed over `packed_world` ranks if > 0."""
     try:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     except ImportError:  # torch < 2.6 kept FSDP2 under _composable
         from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in model.layers:
+        if packed_world:
+            install(block, packed_world)
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
+    if packed_world:
+        precompute_gammas(model)  # the first forward's
     return model
 
 

@@ -16,14 +16,19 @@ TRITS_PER_BYTE = 5
 _POW3 = (1, 3, 9, 27, 81)
 
 
-def _digits(codes: torch.Tensor, per_byte: int) -> torch.Tensor:
-    """code + 1 as uint8, flattened and zero-padded to a multiple of `per_byte`, shaped (-1, per_byte)."""
+def _check_codes(codes: torch.Tensor) -> torch.Tensor:
+    """`codes` flattened, after checking they are int8 in {-1, 0, 1}."""
     if codes.dtype != torch.int8:
         raise ValueError(f"ternary codes must be int8, got {codes.dtype}")
     flat = codes.reshape(-1)
     if flat.numel() and (flat.min() < -1 or flat.max() > 1):
         raise ValueError("ternary codes must lie in {-1, 0, 1}")
-    d = (flat + 1).to(torch.uint8)
+    return flat
+
+
+def _digits(codes: torch.Tensor, per_byte: int) -> torch.Tensor:
+    """code + 1 as uint8, flattened and zero-padded to a multiple of `per_byte`, shaped (-1, per_byte)."""
+    d = (_check_codes(codes) + 1).to(torch.uint8)
     pad = -d.numel() % per_byte
     if pad:
         d = torch.cat([d, d.new_zeros(pad)])
@@ -39,19 +44,37 @@ def _check_size(packed: torch.Tensor, shape: tuple[int, ...], per_byte: int) -> 
     return n
 
 
+def pack_2bit_rows(codes: torch.Tensor) -> torch.Tensor:
+    """(rows, cols) ternary codes -> (rows, ceil(cols / 4)) uint8, each row packed and padded alone.
+
+    No checks of the values (no host synchronization): the training-time packer of FSDP2's
+    packed all-gather (bittern.distributed.packed) calls it on codes it has just made.
+    """
+    rows, cols = codes.shape
+    d = (codes + 1).to(torch.uint8)
+    pad = -cols % 4
+    if pad:
+        d = torch.cat([d, d.new_zeros(rows, pad)], dim=1)
+    d = d.view(rows, -1, 4)
+    return d[..., 0] | (d[..., 1] << 2) | (d[..., 2] << 4) | (d[..., 3] << 6)
+
+
+def unpack_2bit_rows(packed: torch.Tensor, cols: int) -> torch.Tensor:
+    """Inverse of `pack_2bit_rows`: int8 codes (rows, cols)."""
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=packed.device)
+    d = (packed.unsqueeze(-1) >> shifts) & 3
+    return d.reshape(packed.shape[0], -1)[:, :cols].to(torch.int8) - 1
+
+
 def pack_2bit(codes: torch.Tensor) -> torch.Tensor:
     """Four ternary codes per byte: a 1-D uint8 tensor of ceil(numel / 4) bytes."""
-    d = _digits(codes, 4)
-    return d[:, 0] | (d[:, 1] << 2) | (d[:, 2] << 4) | (d[:, 3] << 6)
+    return pack_2bit_rows(_check_codes(codes).view(1, -1)).view(-1)
 
 
 def unpack_2bit(packed: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
     """Inverse of `pack_2bit`: int8 codes of `shape`."""
     n = _check_size(packed, tuple(shape), 4)
-    p = packed.reshape(-1, 1)
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=packed.device)
-    d = (p >> shifts) & 3
-    return (d.reshape(-1)[:n].to(torch.int8) - 1).reshape(shape)
+    return unpack_2bit_rows(packed.reshape(1, -1), n).reshape(shape)
 
 
 def pack_base3(codes: torch.Tensor) -> torch.Tensor:

@@ -111,8 +111,8 @@ def use_fast_path(layer: nn.Module, x: torch.Tensor) -> bool:
         return False
     if layer.options.granularity not in FAST_GRANULARITIES or layer.in_features > MAX_IN_FEATURES:
         return False
-    if not layer.weight.is_contiguous():
-        return False
+    if not layer.weight.is_contiguous() or getattr(layer, "weight_prequantized", False):
+        return False  # the kernels would ternarize again a weight that already is codes * gamma
     if torch.compiler.is_compiling():
         if not _available:  # decided eagerly, by `configure` or an earlier eager call
             return False

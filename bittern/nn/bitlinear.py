@@ -54,7 +54,11 @@ class BitLinear(nn.Linear):
     `weight_lambda` / `act_lambda` (0..1) blend full precision into quantized for
     progressive quantization; they are buffers so changing them never recompiles.
     With quant="none" it is exactly nn.Linear (no norm, no quantization).
+    `weight_prequantized` is set from outside when `.weight`, as the forward sees it, already
+    is codes * gamma of the latent weight (FSDP2's packed all-gather gathers it so).
     """
+
+    weight_prequantized: bool = False
 
     def __init__(
         self,
@@ -87,6 +91,9 @@ class BitLinear(nn.Linear):
 
     def quantized_weight(self) -> torch.Tensor:
         """The (blended) weight the forward multiplies by, straight-through to `.weight`."""
+        if self.weight_prequantized:  # identity, hence the straight-through gradient; lambda is 1
+            assert getattr(self, LAMBDA_ATTR), "a pre-quantized weight cannot blend in full precision"
+            return self.weight
         o = self.options
         return fake_quant_weight(
             self.weight, self.weight_lambda, o.granularity, o.group_size, o.gamma_multiplier, o.ste

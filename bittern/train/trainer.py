@@ -41,6 +41,7 @@ from bittern.distributed import (
     set_gradient_sync,
     shutdown,
 )
+from bittern.distributed.packed import check_packed_all_gather, precompute_gammas
 from bittern.errors import BitternError, TrainingStopped
 from bittern.eval import evaluate
 from bittern.kernels import configure as configure_kernels
@@ -121,6 +122,7 @@ class Trainer:
         t = cfg.train
         if t.compile:
             compile_backend()  # a bad BITTERN_COMPILE_BACKEND fails before anything is written
+        check_packed_all_gather(cfg)  # on any number of ranks, like the rest of the config
         base_device = resolve_device(t.device)
         self.dist = init_distributed(base_device, cfg.dist.timeout)
         self.device = local_device(base_device, self.dist)
@@ -142,13 +144,20 @@ class Trainer:
         self.layer_lambdas = LayerLambdas(cfg.init, cfg.model.n_layers, cfg.progressive.activations)
         configure_kernels(self.model, cfg.kernels)
         self.fsdp = self.dist.enabled and cfg.dist.mode == "fsdp"
+        self.packed = self.fsdp and cfg.dist.packed_all_gather  # ignored on one process, like dist.mode
         set_weight_cache(not self.fsdp)
         param_dtype = torch.bfloat16 if self.precision == "bf16" else None
         if t.compile:  # block by block, before DDP/FSDP2 wrap them (bittern.train.compiling)
             compile_blocks(self.model)
         self.cross_entropy = compiled_cross_entropy() if t.compile else cross_entropy
         self.wrapped = parallelize(
-            self.model, cfg.dist.mode, self.dist, self.device, cfg.dist.bucket_cap_mb, param_dtype
+            self.model,
+            cfg.dist.mode,
+            self.dist,
+            self.device,
+            cfg.dist.bucket_cap_mb,
+            param_dtype,
+            packed=self.packed,
         )
         self.forward = self.wrapped
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -235,6 +244,8 @@ class Trainer:
     def _load(self, ckpt: Path) -> None:
         """Restore model and every piece of training state from a verified checkpoint."""
         state, rng = load_training(ckpt, self.wrapped, self.model, self.optimizer, self.dist)
+        if self.packed:
+            precompute_gammas(self.model)  # the loaded weights' ternary scales
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.clipper.load_state_dict(state["clipper"])
@@ -412,6 +423,8 @@ class Trainer:
             outcome = StepOutcome(loss, grad_norm, verdict.action, verdict.reason)
         if outcome.action == OK:
             self.optimizer.step()
+            if self.packed:
+                precompute_gammas(self.model)  # the next forward's ternary scales, one all-reduce
             self.prev_grad_norm = grad_norm
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler:

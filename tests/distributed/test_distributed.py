@@ -76,13 +76,24 @@ def config(dataset, tmp_path):
     return make
 
 
+# Steps whose losses must agree to 1e-6. The runs differ only in float summation order (the
+# gradient all-reduce adds the ranks' sums, one process adds micro-batch by micro-batch): a few
+# ulps at first, but a last-bit difference can move a weight across a ternary rounding boundary
+# or flip the sign of Adam's update of a near-zero gradient, and past ~15 steps the drift grows
+# by orders of magnitude (measured: <= 1.5e-6 to step 14, 3e-4 at step 19). Later steps are held
+# to 1e-3, which a wrong batch split or gradient average still breaks at once.
+EXACT_STEPS = 10
+
+
 def assert_same_losses(a: dict[int, float], b: dict[int, float]) -> None:
     assert a.keys() == b.keys()
     for step in a:
         if a[step] == "nan" or b[step] == "nan":  # metrics.jsonl spells NaN as a string
             assert a[step] == b[step]
+        elif step <= EXACT_STEPS:
+            assert a[step] == pytest.approx(b[step], abs=1e-6, rel=1e-6), step
         else:
-            assert a[step] == pytest.approx(b[step], abs=1e-6, rel=1e-6)
+            assert a[step] == pytest.approx(b[step], rel=1e-3), step
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
