@@ -228,6 +228,12 @@ def gguf_tokenizer(reader, where: Path) -> HFTokenizer:
     return HFTokenizer(backend, tokens[eos] if eos is not None and eos < len(vocab) else None)
 
 
+def _float32_field(value) -> float:
+    """A GGUF float32 field as the shortest decimal it stores: 1e-5 comes back as 9.9999997e-06,
+    and the run's model, normalizing with 1e-5, would round some int8 activations differently."""
+    return float(str(np.float32(value)))
+
+
 def gguf_model_config(reader, where: Path) -> ModelConfig:
     """bittern's ModelConfig for llama.cpp's bitnet graph (see gguf_export's docstring) from metadata."""
     from bittern.export.gguf_export import ARCH
@@ -256,8 +262,8 @@ def gguf_model_config(reader, where: Path) -> ModelConfig:
         n_kv_heads=int(hp("attention.head_count_kv")),
         ffn_dim=int(hp("feed_forward_length")),
         max_seq_len=int(hp("context_length")),
-        rope_theta=float(hp("rope.freq_base")),
-        norm_eps=float(hp("attention.layer_norm_rms_epsilon")),
+        rope_theta=_float32_field(hp("rope.freq_base")),
+        norm_eps=_float32_field(hp("attention.layer_norm_rms_epsilon")),
         tie_embeddings=True,
         norm_placement="sublayer",
     ).resolved()

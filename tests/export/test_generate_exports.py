@@ -51,9 +51,14 @@ def test_export_generates_what_the_run_generates(trained_run, tmp_path, capsys, 
     ids = ref_tokenizer.encode(PROMPT)
     assert tokenizer.encode(PROMPT) == ids and tokenizer.eos_id == ref_tokenizer.eos_id
     assert model.config.vocab_size == ref.config.vocab_size
+    assert (model.config.norm_eps, model.config.rope_theta) == (ref.config.norm_eps, ref.config.rope_theta)
     with torch.no_grad():
         x = torch.tensor([ids])
-        torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-4)
+        # The frozen layers multiply codes and scales in another order than BitLinear (a few ulps
+        # apart), and one such difference can move an int8 activation across a rounding boundary:
+        # ~1e-3 on the logits. Wrong codes, scales or layout move them by far more; the codes and
+        # scales themselves are held exact by test_codes_are_exact_and_scales_are_gamma.
+        torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-2)
     greedy = sample(ref, ids, 40, temperature=0)
     assert sample(model, ids, 40, temperature=0) == greedy and len(greedy) == 40
     assert seeded(model, ids) == seeded(ref, ids)
