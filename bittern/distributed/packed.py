@@ -27,7 +27,7 @@ from bittern.config import Config
 from bittern.errors import BitternError
 from bittern.export.pack import pack_2bit_rows, unpack_2bit_rows
 from bittern.nn import BitLinear
-from bittern.quant.core import EPS, weight_scale
+from bittern.quant.core import EPS, dequantize_weight, ternarize, ternary_codes
 
 PACKED_GRANULARITIES = ("tensor", "channel")
 aten = torch.ops.aten
@@ -115,10 +115,9 @@ class TernaryShard(torch.Tensor):
     def fsdp_pre_all_gather(self, mesh, outer_size, outer_stride, module, mp_policy):
         """The shard as packed codes (and, per channel, its rows' float32 scales)."""
         assert self.shape[1:] == outer_size[1:], "FSDP2 must shard dim 0: whole rows on every rank"
-        s, w = self._scale, self._tensor.float()
+        s = self._scale
         if s.granularity == "channel":
-            gamma = weight_scale(w, "channel", gamma_multiplier=s.multiplier)
-            codes = (w / gamma).round().clamp(-1, 1)
+            codes, gamma = ternarize(self._tensor, "channel", gamma_multiplier=s.multiplier)
             return (pack_2bit_rows(codes), gamma), (None, outer_size[1])
         # A guard against a forgotten precompute_gammas: in-place writes (a load, a foreach
         # optimizer step) move the version counter; fused optimizer kernels do not, hence the
@@ -128,15 +127,14 @@ class TernaryShard(torch.Tensor):
                 "packed all-gather: the weights changed since their ternary scale was computed; "
                 "call bittern.distributed.packed.precompute_gammas(model) after writing them"
             )
-        codes = (w / s.gamma).round().clamp(-1, 1)
-        return (pack_2bit_rows(codes),), (s.gamma, outer_size[1])
+        return (pack_2bit_rows(ternary_codes(self._tensor, s.gamma)),), (s.gamma, outer_size[1])
 
     def fsdp_post_all_gather(self, outputs, metadata, param_dtype, *, out=None):
         """codes * gamma of the whole weight, in `param_dtype` (into `out` after the first call)."""
         gamma, cols = metadata
         if gamma is None:  # per channel: the gathered row scales
             gamma = outputs[1]
-        weight = (unpack_2bit_rows(outputs[0], cols).float() * gamma).to(param_dtype)
+        weight = dequantize_weight(unpack_2bit_rows(outputs[0], cols), gamma).to(param_dtype)
         if out is not None:  # FSDP2's own buffer, saved for backward: refilled, not a new version
             with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter(out):
                 out.copy_(weight)

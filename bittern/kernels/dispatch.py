@@ -106,13 +106,10 @@ def lambdas_are_one(layer: nn.Module) -> bool:
 
 def use_fast_path(layer: nn.Module, x: torch.Tensor) -> bool:
     """Whether BitLinear `layer` runs `x` on the fused kernels (else its reference path)."""
-    opts = getattr(layer, OPTIONS_ATTR, DEFAULT_OPTIONS)
-    if not opts.enabled or x.device.type not in FAST_DEVICE_TYPES or x.dtype not in FLOAT_DTYPES:
+    if x.device.type not in FAST_DEVICE_TYPES or x.dtype not in FLOAT_DTYPES:
         return False
-    if layer.options.granularity not in FAST_GRANULARITIES or layer.in_features > MAX_IN_FEATURES:
+    if layer.in_features > MAX_IN_FEATURES or not _fast_capable(layer):
         return False
-    if not layer.weight.is_contiguous() or getattr(layer, "weight_prequantized", False):
-        return False  # the kernels would ternarize again a weight that already is codes * gamma
     if torch.compiler.is_compiling():
         if not _available:  # decided eagerly, by `configure` or an earlier eager call
             return False
@@ -195,6 +192,7 @@ def _fast_capable(layer: nn.Module) -> bool:
         and layer.weight.device.type in FAST_DEVICE_TYPES
         and layer.options.granularity in FAST_GRANULARITIES
         and layer.weight.is_contiguous()
+        and not layer.weight_prequantized  # the kernels would ternarize codes * gamma again
     )
 
 

@@ -54,12 +54,14 @@ def ternarize(
     per group; `dequantize_weight` inverts it.
     """
     gamma = weight_scale(w, granularity, group_size, gamma_multiplier)
-    wf = w.detach().float()
     if granularity == "group":
-        codes = (_grouped(wf, group_size) / gamma).round().clamp(-1, 1).reshape(w.shape)
-    else:
-        codes = (wf / gamma).round().clamp(-1, 1)
-    return codes.to(torch.int8), gamma
+        return ternary_codes(_grouped(w, group_size), gamma).reshape(w.shape), gamma
+    return ternary_codes(w, gamma), gamma
+
+
+def ternary_codes(w: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """clamp(round(w / gamma), -1, 1) as int8, for a scale computed elsewhere (or by `ternarize`)."""
+    return (w.detach().float() / gamma).round().clamp(-1, 1).to(torch.int8)
 
 
 def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
