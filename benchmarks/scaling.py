@@ -1,4 +1,5 @@
-"""Data-parallel scaling on one host: the same per-GPU work on 1 GPU and on N GPUs (DDP, FSDP2).
+"""Data-parallel scaling on one host: the same per-GPU work on 1 GPU and on N GPUs (DDP, FSDP2,
+FSDP2 with the 2-bit packed all-gather).
 
 Each variant is a real `bittern train` run (torchrun for N > 1); tokens/s per GPU is the
 median of the logged intervals (first two dropped) over the world size. Writes JSON.
@@ -24,7 +25,10 @@ from bittern.monitor import read_metrics
 
 
 def run(config: str, overrides: list[str], nproc: int, mode: str, out: Path, per_gpu_batch: int) -> dict:
-    extra = [*overrides, f"--dist.mode={mode}", f"--train.batch_size={per_gpu_batch * nproc}"]
+    dist_mode = "fsdp" if mode == "fsdp-packed" else mode
+    extra = [*overrides, f"--dist.mode={dist_mode}", f"--train.batch_size={per_gpu_batch * nproc}"]
+    if mode == "fsdp-packed":
+        extra.append("--dist.packed_all_gather=true")
     cmd = [
         sys.executable,
         "-m",
@@ -78,7 +82,7 @@ def main() -> int:
         "results": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for nproc, mode in ((1, "ddp"), (args.gpus, "ddp"), (args.gpus, "fsdp")):
+        for nproc, mode in ((1, "ddp"), (args.gpus, "ddp"), (args.gpus, "fsdp"), (args.gpus, "fsdp-packed")):
             row = run(args.config, overrides, nproc, mode, Path(tmp) / f"{mode}{nproc}", per_gpu)
             report["results"].append(row)
             Path(args.out).write_text(json.dumps(report, indent=1))

@@ -9,7 +9,10 @@ AdamW; global-norm clipping; one sync per step, as the trainer does) and each va
 
 ("twin" = plain nn.Linear, "ref" = BitLinear's PyTorch reference path, "fast" = the fused
 Triton kernels of bittern.kernels) it records tokens/s, step time, peak memory and MFU after a
-few warm-up steps. Compilation is per transformer block by default (`--compile regional`, as
+few warm-up steps. `--wraps none,ddp,fsdp,fsdp-packed` also runs each variant inside DDP,
+FSDP2, or FSDP2 with the 2-bit packed all-gather, on a process group of one rank: what the
+wrappers cost besides communication (the ceiling on their scaling efficiency), and a GPU run of
+their code paths. Compilation is per transformer block by default (`--compile regional`, as
 torchtitan does: one compile serves every block); `--compile whole` compiles the model as the
 trainer does, at several times the compile time. Each variant is time-boxed, the whole run
 has a deadline, and the JSON is rewritten after every variant, so a timeout keeps the rest.
@@ -39,7 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bittern.config import OptimConfig
+from bittern.config import DistConfig, OptimConfig
 from bittern.kernels import KernelOptions, configure
 from bittern.models import ModelConfig, build_model
 from bittern.monitor.perf import peak_flops
@@ -48,6 +51,7 @@ from bittern.train.optim import build_optimizer
 GB = 1024**3
 DEVICE = "cuda"  # --device cpu (TRITON_INTERPRET=1, --presets tiny) only smoke-tests this script
 PRESET_BATCH = {"125m": 8, "350m": 8, "1b": 4, "tiny": 2}  # sequences per step (one micro-batch)
+WRAPS = ("none", "ddp", "fsdp", "fsdp-packed")
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,37 @@ def compiled_parts(model: torch.nn.Module, variant: Variant, mode: str):
     return model, torch.compile(loss_fn)
 
 
-def make_step(model, forward, loss_fn, optimizer, batches):
+def wrap_model(model: torch.nn.Module, wrap: str) -> tuple[torch.nn.Module, list]:
+    """(module to call, what to run after each optimizer step) for `wrap`, on the one-rank group."""
+    from bittern.distributed import parallelize
+    from bittern.distributed.packed import precompute_gammas
+    from bittern.kernels import set_weight_cache
+
+    if wrap == "none":
+        return model, []
+    packed = wrap == "fsdp-packed"
+    set_weight_cache(wrap == "ddp")  # as the trainer: FSDP2 reshards the weights every step
+    mode = "ddp" if wrap == "ddp" else "fsdp"
+    wrapped = parallelize(model, mode, torch.device(DEVICE), DistConfig.bucket_cap_mb, torch.bfloat16, packed)
+    return wrapped, [lambda: precompute_gammas(model)] if packed else []
+
+
+def one_rank_group() -> None:
+    """A process group of this process alone (NCCL on the GPU), for --wraps."""
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = "nccl" if DEVICE == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
+def make_step(model, forward, loss_fn, optimizer, batches, after_step=()):
     """One optimizer step over the micro-batches `batches(step)` yields; returns the mean loss (synced)."""
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -113,6 +147,8 @@ def make_step(model, forward, loss_fn, optimizer, batches):
             total += loss.detach()
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         optimizer.step()
+        for hook in after_step:
+            hook()
         optimizer.zero_grad(set_to_none=True)
         return (total / len(micro)).item()
 
@@ -121,10 +157,11 @@ def make_step(model, forward, loss_fn, optimizer, batches):
 
 def release() -> None:
     """Free what the last variant left behind (compiled graphs, cached blocks, cached codes)."""
-    from bittern.kernels import clear_weight_cache
+    from bittern.kernels import clear_weight_cache, set_weight_cache
 
     torch._dynamo.reset()
     clear_weight_cache()
+    set_weight_cache(True)
     gc.collect()
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
@@ -133,12 +170,16 @@ def release() -> None:
 # ---- throughput ------------------------------------------------------------------------
 
 
-def run_variant(preset: str, variant: Variant, args) -> dict:
+def run_variant(preset: str, variant: Variant, args, wrap: str = "none") -> dict:
     """Warm up, then time `args.steps` steps (fewer if the variant's time box runs out)."""
     start = time.perf_counter()
     batch = args.batch or PRESET_BATCH[preset]
     model = build(preset, variant, args.vocab, args.seq)
     forward, loss_fn = compiled_parts(model, variant, args.compile)
+    if wrap != "none":  # the blocks compiled first, as the trainer does
+        forward, after_step = wrap_model(model, wrap)
+    else:
+        after_step = []
     optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
 
     def batches(i: int):
@@ -146,7 +187,7 @@ def run_variant(preset: str, variant: Variant, args) -> dict:
         tokens = torch.randint(0, args.vocab, (batch, args.seq + 1), device=DEVICE, generator=g)
         yield tokens[:, :-1], tokens[:, 1:]
 
-    step = make_step(model, forward, loss_fn, optimizer, batches)
+    step = make_step(model, forward, loss_fn, optimizer, batches, after_step)
     for i in range(args.warmup):
         step(i)
     warmup_s = time.perf_counter() - start
@@ -167,6 +208,7 @@ def run_variant(preset: str, variant: Variant, args) -> dict:
     return {
         "preset": preset,
         "variant": variant.name,
+        "wrap": wrap,
         "batch": batch,
         "seq": args.seq,
         "params": model.num_params(non_embedding=False),
@@ -184,15 +226,30 @@ def run_variant(preset: str, variant: Variant, args) -> dict:
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """Side-by-side ratios per preset: against the twin (same compile mode) and the reference."""
+    """Side-by-side ratios per preset and wrap: against the twin (same compile mode, same wrap;
+    the twin has nothing to pack) and the reference; and each wrapped run against the same variant
+    unwrapped."""
     rows = []
-    by = {(r["preset"], r["variant"]): r for r in results if "tokens_per_s" in r}
-    for (preset, name), r in by.items():
+    by = {(r["preset"], r["variant"], r.get("wrap", "none")): r for r in results if "tokens_per_s" in r}
+    for (preset, name, wrap), r in by.items():
+        bare = by.get((preset, name, "none"))
+        if wrap != "none" and bare:
+            rows.append(
+                {
+                    "preset": preset,
+                    "variant": name,
+                    "wrap": wrap,
+                    "vs_unwrapped_tokens_per_s": r["tokens_per_s"] / bare["tokens_per_s"],
+                    "vs_unwrapped_peak_memory": r["peak_allocated_gb"] / max(bare["peak_allocated_gb"], 1e-9),
+                    "loss_minus_unwrapped": r["final_loss"] - bare["final_loss"],
+                }
+            )
         if not name.startswith("fast"):
             continue
         mode = "compiled" if "compiled" in name else "eager"
-        twin, ref = by.get((preset, f"twin-{mode}")), by.get((preset, f"ref-{mode}"))
-        row = {"preset": preset, "variant": name}
+        twin_wrap = "fsdp" if wrap == "fsdp-packed" else wrap
+        twin, ref = by.get((preset, f"twin-{mode}", twin_wrap)), by.get((preset, f"ref-{mode}", wrap))
+        row = {"preset": preset, "variant": name, "wrap": wrap}
         if twin:
             row["vs_twin_tokens_per_s"] = r["tokens_per_s"] / twin["tokens_per_s"]
             row["vs_twin_peak_memory"] = r["peak_allocated_gb"] / max(twin["peak_allocated_gb"], 1e-9)
@@ -207,27 +264,35 @@ def throughput(args) -> int:
     report = header(args) | {"results": []}
     names = args.variants.split(",") if args.variants != "all" else [v.name for v in VARIANTS]
     variants = [v for v in VARIANTS if v.name in names]
+    wraps = args.wraps.split(",")
+    if any(w != "none" for w in wraps):
+        one_rank_group()
+    runs = [
+        (preset, wrap, variant)
+        for preset in args.presets.split(",")
+        for wrap in wraps
+        for variant in variants
+        if not ("int8" in variant.name and preset not in args.int8_presets.split(","))
+        if not (wrap == "fsdp-packed" and variant.quant == "none")  # nothing to pack
+    ]
     start = time.perf_counter()
-    for preset in args.presets.split(","):
-        for variant in variants:
-            if "int8" in variant.name and preset not in args.int8_presets.split(","):
-                continue
-            left = args.deadline - (time.perf_counter() - start)
-            row = {"preset": preset, "variant": variant.name}
-            if left < args.min_left:
-                row["skipped"] = f"deadline ({left:.0f} s left)"
-            else:
-                try:
-                    row = run_variant(preset, variant, args)
-                except Exception as e:  # keep the other variants' numbers (OOM included)
-                    traceback.print_exc()
-                    row["error"] = repr(e)[:500]
-                release()
-            report["results"].append(row)
-            report["ratios"] = ratios(report["results"])
-            report["wall_s"] = time.perf_counter() - start
-            write(args.out, report)
-            print(json.dumps({k: v for k, v in row.items() if k != "step_times_s"}), flush=True)
+    for preset, wrap, variant in runs:
+        left = args.deadline - (time.perf_counter() - start)
+        row = {"preset": preset, "variant": variant.name, "wrap": wrap}
+        if left < args.min_left:
+            row["skipped"] = f"deadline ({left:.0f} s left)"
+        else:
+            try:
+                row = run_variant(preset, variant, args, wrap)
+            except Exception as e:  # keep the other variants' numbers (OOM included)
+                traceback.print_exc()
+                row["error"] = repr(e)[:500]
+            release()
+        report["results"].append(row)
+        report["ratios"] = ratios(report["results"])
+        report["wall_s"] = time.perf_counter() - start
+        write(args.out, report)
+        print(json.dumps({k: v for k, v in row.items() if k != "step_times_s"}), flush=True)
     print_table(report)
     Path(args.out).with_suffix(".md").write_text(markdown_table(report))
     return 0
@@ -239,21 +304,25 @@ def markdown_table(report: dict) -> str:
         f"{report['device']}, torch {report['torch']}, triton {report['triton']}, {report['date']}, "
         f"seq {report['args']['seq']}, compile {report['args']['compile']}",
         "",
-        "| preset | variant | tokens/s | step time | peak memory | MFU | vs twin (same mode) |",
-        "|---|---|---|---|---|---|---|",
+        "| preset | variant | wrap | tokens/s | step time | peak memory | MFU | vs twin (same mode) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    ratio = {(r["preset"], r["variant"]): r for r in report.get("ratios", [])}
+    vs_twin = [r for r in report.get("ratios", []) if "vs_twin_tokens_per_s" in r]
+    ratio = {(r["preset"], r["variant"], r["wrap"]): r for r in vs_twin}
     for r in report["results"]:
+        wrap = r.get("wrap", "none")
         if "tokens_per_s" not in r:
-            lines.append(f"| {r['preset']} | {r['variant']} | {r.get('error') or r.get('skipped')} | | | | |")
+            what = r.get("error") or r.get("skipped")
+            lines.append(f"| {r['preset']} | {r['variant']} | {wrap} | {what} | | | | |")
             continue
-        vs = ratio.get((r["preset"], r["variant"]), {}).get("vs_twin_tokens_per_s")
+        vs = ratio.get((r["preset"], r["variant"], wrap), {}).get("vs_twin_tokens_per_s")
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else ""
         vs = "" if vs is None else f"{vs:.3f}x"
         step = f"{r['step_time_s'] * 1e3:.1f} ms"
         memory = f"{r['peak_allocated_gb']:.1f} GiB"
         speed = f"{r['tokens_per_s']:,.0f}"
-        lines.append(f"| {r['preset']} | {r['variant']} | {speed} | {step} | {memory} | {mfu} | {vs} |")
+        cells = [r["preset"], r["variant"], wrap, speed, step, memory, mfu, vs]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -412,6 +481,9 @@ def main() -> int:
     p.add_argument("--variants", default="all", help="comma-separated names (see the docstring)")
     p.add_argument("--int8-presets", default="1b", help="presets that also run the int8-backward variants")
     p.add_argument("--compile", choices=["regional", "whole"], default="regional")
+    p.add_argument(
+        "--wraps", default="none", help=f"comma-separated, of {', '.join(WRAPS)} (one-rank process group)"
+    )
     p.add_argument("--seq", type=int, default=None, help="default 2048 (1024 with --equal-learning)")
     p.add_argument(
         "--batch", type=int, default=0, help="sequences per step (default per preset; 32 learning)"
@@ -438,6 +510,11 @@ def main() -> int:
     )
     p.add_argument("--device", default="cuda", help="cpu: a smoke test of this script (TRITON_INTERPRET=1)")
     args = p.parse_args()
+    bad = set(args.wraps.split(",")) - set(WRAPS)
+    if bad:
+        p.error(f"--wraps: unknown {', '.join(sorted(bad))} (choose from {', '.join(WRAPS)})")
+    if args.wraps != "none" and (args.compile == "whole" or args.equal_learning):
+        p.error("--wraps needs --compile regional (blocks compiled before wrapping) and no --equal-learning")
     global DEVICE
     DEVICE = args.device
     if DEVICE == "cpu":  # let BitLinear take the fused path on the CPU, as the kernel tests do

@@ -13,9 +13,14 @@ stacked local sums of |W|, after each optimizer step and after weights are loade
 dim 0, so each rank holds whole rows: per channel, a shard's row scales are its own and travel
 beside the codes (float32, one per row). Any other op on a `TernaryShard` (optimizer steps,
 state dicts, DCP, `full_tensor`) runs on the plain tensor inside.
+
+On CUDA the packing and the unpacking each run as one compiled kernel per weight (`_on_gpu`):
+as a dozen PyTorch ops per weight they cost 1B training 2.7x its step time (RESULTS.md).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -47,6 +52,43 @@ _KEEP_WRAPPER = {
     aten.new_empty.default,
     aten.empty_like.default,
 }
+
+
+def _on_gpu(fn: Callable) -> Callable:
+    """`fn` compiled into one kernel for CUDA tensors (compiled on first use); as is elsewhere."""
+    compiled = None
+
+    def call(t: torch.Tensor, *args):
+        nonlocal compiled
+        if t.device.type != "cuda":
+            return fn(t, *args)
+        if compiled is None:
+            from bittern.train.compiling import backend  # not at import: bittern.train imports this
+
+            compiled = torch.compile(fn, backend=backend())
+        return compiled(t, *args)
+
+    call.__doc__ = fn.__doc__
+    return call
+
+
+@_on_gpu
+def pack_shard(shard: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """A shard's ternary codes under a gamma of the whole weight, packed 4 per byte (uint8)."""
+    return pack_2bit_rows(ternary_codes(shard, gamma))
+
+
+@_on_gpu
+def pack_shard_per_channel(shard: torch.Tensor, multiplier: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed codes, float32 row scales) of a shard of whole rows, each row scaled by its own absmean."""
+    codes, gamma = ternarize(shard, "channel", gamma_multiplier=multiplier)
+    return pack_2bit_rows(codes), gamma
+
+
+@_on_gpu
+def unpack_weight(packed: torch.Tensor, gamma: torch.Tensor, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """Gathered packed codes * gamma (a scalar, or one per row) as a `dtype` weight of `cols` columns."""
+    return dequantize_weight(unpack_2bit_rows(packed, cols), gamma).to(dtype)
 
 
 class ShardScale:
@@ -117,8 +159,7 @@ class TernaryShard(torch.Tensor):
         assert self.shape[1:] == outer_size[1:], "FSDP2 must shard dim 0: whole rows on every rank"
         s = self._scale
         if s.granularity == "channel":
-            codes, gamma = ternarize(self._tensor, "channel", gamma_multiplier=s.multiplier)
-            return (pack_2bit_rows(codes), gamma), (None, outer_size[1])
+            return pack_shard_per_channel(self._tensor, s.multiplier), (None, outer_size[1])
         # A guard against a forgotten precompute_gammas: in-place writes (a load, a foreach
         # optimizer step) move the version counter; fused optimizer kernels do not, hence the
         # trainer's call after every step whatever the optimizer.
@@ -127,14 +168,14 @@ class TernaryShard(torch.Tensor):
                 "packed all-gather: the weights changed since their ternary scale was computed; "
                 "call bittern.distributed.packed.precompute_gammas(model) after writing them"
             )
-        return (pack_2bit_rows(ternary_codes(self._tensor, s.gamma)),), (s.gamma, outer_size[1])
+        return (pack_shard(self._tensor, s.gamma),), (s.gamma, outer_size[1])
 
     def fsdp_post_all_gather(self, outputs, metadata, param_dtype, *, out=None):
         """codes * gamma of the whole weight, in `param_dtype` (into `out` after the first call)."""
         gamma, cols = metadata
         if gamma is None:  # per channel: the gathered row scales
             gamma = outputs[1]
-        weight = dequantize_weight(unpack_2bit_rows(outputs[0], cols), gamma).to(param_dtype)
+        weight = unpack_weight(outputs[0], gamma, cols, param_dtype)
         if out is not None:  # FSDP2's own buffer, saved for backward: refilled, not a new version
             with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter(out):
                 out.copy_(weight)

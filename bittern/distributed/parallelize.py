@@ -8,10 +8,10 @@ With `packed` it gathers their ternary codes instead, 2 bits each (bittern.distr
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from bittern.distributed.packed import install, precompute_gammas
-from bittern.distributed.setup import DistInfo
 from bittern.errors import BitternError
 
 MODES = ("ddp", "fsdp")
@@ -20,27 +20,30 @@ MODES = ("ddp", "fsdp")
 def parallelize(
     model: nn.Module,
     mode: str,
-    info: DistInfo,
     device: torch.device,
     bucket_cap_mb: int,
     param_dtype: torch.dtype | None,
     packed: bool = False,
 ) -> nn.Module:
-    """DDP- or FSDP2-wrap `model` (a no-op for one process); return the module to call.
+    """DDP- or FSDP2-wrap `model` over the default process group; return the module to call.
 
+    The trainer calls it only on several ranks; on one (a benchmark's) it wraps all the same.
     `packed` (FSDP2 only): all-gather the BitLinear weights as packed ternary codes.
     """
-    if not info.enabled:
-        return model
     if packed and mode != "fsdp":
         raise BitternError(f"dist.packed_all_gather needs dist.mode = 'fsdp', not {mode!r}")
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        # The blocks are compiled one by one (bittern.train.compiling), so DDP's hooks already
+        # sit between compiled graphs. Dynamo's DDPOptimizer would also split every block's
+        # graph at each 25 MB gradient bucket: at 1B that cost 0.75x on one GPU (RESULTS.md).
+        torch._dynamo.config.optimize_ddp = False
+
         ids = [device.index] if device.type == "cuda" else None
         return DDP(model, device_ids=ids, bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=True)
     if mode == "fsdp":
-        return _fully_shard(model, param_dtype, info.world if packed else 0)
+        return _fully_shard(model, param_dtype, dist.get_world_size() if packed else 0)
     raise BitternError(f"dist.mode must be one of {MODES}, got {mode!r}")
 
 

@@ -110,7 +110,8 @@ def _ternarize_kernel(
         gamma = tl.load(GAMMA + rows, mask=rows < N, other=1.0)[:, None]
     else:
         part = tl.load(PART + tl.arange(0, PART_BLOCK), mask=tl.arange(0, PART_BLOCK) < n_part, other=0.0)
-        gamma = tl.maximum(tl.sum(part, axis=0) / numel, 1e-5) * mult
+        # float32 even when Inductor passes numel or mult as float64 (symbolic shapes under FSDP2)
+        gamma = (tl.maximum(tl.sum(part, axis=0) / numel, 1e-5) * mult).to(tl.float32)
         tl.store(GAMMA, gamma, mask=(pid_n == 0) & (pid_k == 0))
     q = round_half_even(tl.math.div_rn(w, gamma), INTERPRET)
     q = tl.minimum(tl.maximum(q, -1.0), 1.0)

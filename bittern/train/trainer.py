@@ -150,15 +150,11 @@ class Trainer:
         if t.compile:  # block by block, before DDP/FSDP2 wrap them (bittern.train.compiling)
             compile_blocks(self.model)
         self.cross_entropy = compiled_cross_entropy() if t.compile else cross_entropy
-        self.wrapped = parallelize(
-            self.model,
-            cfg.dist.mode,
-            self.dist,
-            self.device,
-            cfg.dist.bucket_cap_mb,
-            param_dtype,
-            packed=self.packed,
-        )
+        self.wrapped = self.model
+        if self.dist.enabled:
+            self.wrapped = parallelize(
+                self.model, cfg.dist.mode, self.device, cfg.dist.bucket_cap_mb, param_dtype, self.packed
+            )
         self.forward = self.wrapped
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.loss_fn, self.teacher = self._build_losses()

@@ -11,11 +11,18 @@ import torch
 
 import bittern
 from bittern.config import config_from_dict
-from bittern.distributed.packed import ShardScale, TernaryShard, install
+from bittern.distributed.packed import (
+    ShardScale,
+    TernaryShard,
+    install,
+    pack_shard,
+    pack_shard_per_channel,
+    unpack_weight,
+)
 from bittern.errors import BitternError
 from bittern.export.pack import pack_2bit_rows, unpack_2bit_rows
 from bittern.nn import BitLinear
-from bittern.quant.core import dequantize_weight, ternarize, weight_scale
+from bittern.quant.core import dequantize_weight, ternarize, ternary_codes, weight_scale
 from bittern.train import Trainer, train
 from tests.cli.test_cli import run_error, write_config
 from tests.conftest import tiny_config_dict
@@ -134,6 +141,23 @@ def test_gathered_shards_give_the_whole_weights_ternary_weight(granularity, dtyp
     out = torch.nn.Parameter(torch.zeros_like(weight))
     assert TernaryShard(w, scale).fsdp_post_all_gather(gathered, meta, dtype, out=out) is None
     assert torch.equal(out, expected) and out._version == 0  # refilled in place, not a new version
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the packers are compiled on CUDA only")
+@pytest.mark.parametrize("rows, cols", [(256, 2048), (96, 5632), (7, 130)])
+def test_compiled_packers_equal_the_eager_math_on_cuda(rows, cols):
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    w = torch.randn(rows, cols, device="cuda", generator=g) * torch.rand(rows, 1, device="cuda", generator=g)
+    gamma = weight_scale(w, "tensor")
+    assert torch.equal(pack_shard(w, gamma), pack_2bit_rows(ternary_codes(w, gamma)))
+    packed, row_gamma = pack_shard_per_channel(w, 1.2)
+    codes, expected_gamma = ternarize(w, "channel", gamma_multiplier=1.2)
+    torch.testing.assert_close(row_gamma, expected_gamma, rtol=1e-6, atol=0)  # reduction order
+    mismatched = (unpack_2bit_rows(packed, cols) != codes).sum().item()
+    assert mismatched <= 1e-5 * codes.numel()  # only a value on a rounding boundary may differ
+    for dtype in (torch.float32, torch.bfloat16):
+        expected = dequantize_weight(unpack_2bit_rows(packed, cols), row_gamma).to(dtype)
+        assert torch.equal(unpack_weight(packed, row_gamma, cols, dtype), expected)
 
 
 def test_a_stale_scale_is_refused():
