@@ -1,5 +1,5 @@
 """Data-parallel scaling on one host: the same per-GPU work on 1 GPU and on N GPUs (DDP, FSDP2,
-FSDP2 with the 2-bit packed all-gather).
+FSDP2 keeping gathered weights for the backward, FSDP2 with the 2-bit packed all-gather).
 
 Each variant is a real `bittern train` run (torchrun for N > 1); tokens/s per GPU is the
 median of the logged intervals (first two dropped) over the world size. Writes JSON.
@@ -23,12 +23,16 @@ from pathlib import Path
 from bittern.config import load_config, parse_overrides
 from bittern.monitor import read_metrics
 
+MODES = {  # name: the overrides that make it
+    "ddp": ["--dist.mode=ddp"],
+    "fsdp": ["--dist.mode=fsdp"],
+    "fsdp-keep": ["--dist.mode=fsdp", "--dist.reshard_after_forward=false"],
+    "fsdp-packed": ["--dist.mode=fsdp", "--dist.packed_all_gather=true"],
+}
+
 
 def run(config: str, overrides: list[str], nproc: int, mode: str, out: Path, per_gpu_batch: int) -> dict:
-    dist_mode = "fsdp" if mode == "fsdp-packed" else mode
-    extra = [*overrides, f"--dist.mode={dist_mode}", f"--train.batch_size={per_gpu_batch * nproc}"]
-    if mode == "fsdp-packed":
-        extra.append("--dist.packed_all_gather=true")
+    extra = [*overrides, *MODES[mode], f"--train.batch_size={per_gpu_batch * nproc}"]
     cmd = [
         sys.executable,
         "-m",
@@ -82,7 +86,7 @@ def main() -> int:
         "results": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for nproc, mode in ((1, "ddp"), (args.gpus, "ddp"), (args.gpus, "fsdp"), (args.gpus, "fsdp-packed")):
+        for nproc, mode in ((1, "ddp"), *((args.gpus, m) for m in MODES)):
             row = run(args.config, overrides, nproc, mode, Path(tmp) / f"{mode}{nproc}", per_gpu)
             report["results"].append(row)
             Path(args.out).write_text(json.dumps(report, indent=1))

@@ -9,8 +9,9 @@ AdamW; global-norm clipping; one sync per step, as the trainer does) and each va
 
 ("twin" = plain nn.Linear, "ref" = BitLinear's PyTorch reference path, "fast" = the fused
 Triton kernels of bittern.kernels) it records tokens/s, step time, peak memory and MFU after a
-few warm-up steps. `--wraps none,ddp,fsdp,fsdp-packed` also runs each variant inside DDP,
-FSDP2, or FSDP2 with the 2-bit packed all-gather, on a process group of one rank: what the
+few warm-up steps. `--wraps none,ddp,fsdp,fsdp-keep,fsdp-packed` also runs each variant inside
+DDP, FSDP2, FSDP2 keeping the gathered weights for the backward (reshard_after_forward=False),
+or FSDP2 with the 2-bit packed all-gather, on a process group of one rank: what the
 wrappers cost besides communication (the ceiling on their scaling efficiency), and a GPU run of
 their code paths. Compilation is per transformer block by default (`--compile regional`, as
 torchtitan does: one compile serves every block); `--compile whole` compiles the model as the
@@ -51,7 +52,7 @@ from bittern.train.optim import build_optimizer
 GB = 1024**3
 DEVICE = "cuda"  # --device cpu (TRITON_INTERPRET=1, --presets tiny) only smoke-tests this script
 PRESET_BATCH = {"125m": 8, "350m": 8, "1b": 4, "tiny": 2}  # sequences per step (one micro-batch)
-WRAPS = ("none", "ddp", "fsdp", "fsdp-packed")
+WRAPS = ("none", "ddp", "fsdp", "fsdp-keep", "fsdp-packed")  # keep: reshard_after_forward=False
 
 
 @dataclass(frozen=True)
@@ -105,16 +106,17 @@ def compiled_parts(model: torch.nn.Module, variant: Variant, mode: str):
 def wrap_model(model: torch.nn.Module, wrap: str) -> tuple[torch.nn.Module, list]:
     """(module to call, what to run after each optimizer step) for `wrap`, on the one-rank group."""
     from bittern.distributed import parallelize
-    from bittern.distributed.packed import precompute_gammas
+    from bittern.distributed.packed import pack_shards
     from bittern.kernels import set_weight_cache
 
     if wrap == "none":
         return model, []
-    packed = wrap == "fsdp-packed"
+    packed, keep = wrap == "fsdp-packed", wrap == "fsdp-keep"
     set_weight_cache(wrap == "ddp")  # as the trainer: FSDP2 reshards the weights every step
     mode = "ddp" if wrap == "ddp" else "fsdp"
-    wrapped = parallelize(model, mode, torch.device(DEVICE), DistConfig.bucket_cap_mb, torch.bfloat16, packed)
-    return wrapped, [lambda: precompute_gammas(model)] if packed else []
+    device, bucket = torch.device(DEVICE), DistConfig.bucket_cap_mb
+    wrapped = parallelize(model, mode, device, bucket, torch.bfloat16, packed, reshard_after_forward=not keep)
+    return wrapped, [lambda: pack_shards(model)] if packed else []
 
 
 def one_rank_group() -> None:
@@ -247,7 +249,7 @@ def ratios(results: list[dict]) -> list[dict]:
         if not name.startswith("fast"):
             continue
         mode = "compiled" if "compiled" in name else "eager"
-        twin_wrap = "fsdp" if wrap == "fsdp-packed" else wrap
+        twin_wrap = "fsdp" if wrap == "fsdp-packed" else wrap  # the twin has nothing to pack
         twin, ref = by.get((preset, f"twin-{mode}", twin_wrap)), by.get((preset, f"ref-{mode}", wrap))
         row = {"preset": preset, "variant": name, "wrap": wrap}
         if twin:

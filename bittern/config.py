@@ -159,6 +159,8 @@ class DistConfig:
     timeout: float = 300.0  # seconds a collective may wait before the process group fails
     bucket_cap_mb: int = 25  # DDP gradient bucket size
     packed_all_gather: bool = False  # fsdp: all-gather ternary codes, 2 bits each, not the weights
+    reshard_after_forward: bool = True  # fsdp: free gathered block weights after forward (False: keep
+    # them for the backward: one all-gather per micro-batch fewer, the whole bf16 model in memory)
 
 
 @dataclass

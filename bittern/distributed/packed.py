@@ -8,14 +8,16 @@ gathered weight is therefore already quantized: the layer uses it as is (`weight
 and its gradient, passed straight through, is exactly the straight-through estimator's.
 
 gamma is the absmean of the whole weight, never of a shard. Per tensor it cannot be known from
-one shard, so `precompute_gammas` computes every packed weight's gamma in one all-reduce of the
-stacked local sums of |W|, after each optimizer step and after weights are loaded. FSDP2 shards
-dim 0, so each rank holds whole rows: per channel, a shard's row scales are its own and travel
-beside the codes (float32, one per row). Any other op on a `TernaryShard` (optimizer steps,
-state dicts, DCP, `full_tensor`) runs on the plain tensor inside.
+one shard, so `pack_shards` computes every packed weight's gamma in one all-reduce of the
+stacked local sums of |W|, after each optimizer step and after weights are loaded, and packs
+each shard's codes then, once: every all-gather until the next step (forward and backward, every
+micro-batch) sends the same bytes. FSDP2 shards dim 0, so each rank holds whole rows: per
+channel, a shard's row scales are its own and travel beside the codes (float32, one per row).
+Any other op on a `TernaryShard` (optimizer steps, state dicts, DCP, `full_tensor`) runs on the
+plain tensor inside.
 
 On CUDA the packing and the unpacking each run as one compiled kernel per weight (`_on_gpu`):
-as a dozen PyTorch ops per weight they cost 1B training 2.7x its step time (RESULTS.md).
+as a dozen PyTorch ops per weight per all-gather they cost 1B training 2.7x its step time.
 """
 
 from __future__ import annotations
@@ -92,12 +94,22 @@ def unpack_weight(packed: torch.Tensor, gamma: torch.Tensor, cols: int, dtype: t
 
 
 class ShardScale:
-    """What every view of one weight's shard shares: how to ternarize it, and its gamma per tensor."""
+    """What every view of one weight's shard shares: how to ternarize it, its gamma per tensor,
+    and its packed codes since the last `pack_shards`."""
 
     def __init__(self, granularity: str, multiplier: float, numel: int) -> None:
         self.granularity, self.multiplier, self.numel = granularity, multiplier, numel
-        self.gamma: torch.Tensor | None = None  # float32 scalar, set by precompute_gammas
-        self.version = -1  # the sharded parameter's version counter when gamma was computed
+        self.gamma: torch.Tensor | None = None  # per tensor: float32 scalar of the whole weight
+        self.packed: tuple[torch.Tensor, ...] | None = None  # what the all-gather sends
+        self.version = -1  # the sharded parameter's version counter when packed
+
+    def pack(self, shard: torch.Tensor, version: int) -> None:
+        """Pack `shard` (the plain local rows) under `gamma` (per tensor) or its own row scales."""
+        if self.granularity == "channel":
+            self.packed = pack_shard_per_channel(shard, self.multiplier)
+        else:
+            self.packed = (pack_shard(shard, self.gamma),)
+        self.version = version
 
 
 class TernaryShard(torch.Tensor):
@@ -158,17 +170,15 @@ class TernaryShard(torch.Tensor):
         """The shard as packed codes (and, per channel, its rows' float32 scales)."""
         assert self.shape[1:] == outer_size[1:], "FSDP2 must shard dim 0: whole rows on every rank"
         s = self._scale
-        if s.granularity == "channel":
-            return pack_shard_per_channel(self._tensor, s.multiplier), (None, outer_size[1])
-        # A guard against a forgotten precompute_gammas: in-place writes (a load, a foreach
+        # A guard against a forgotten pack_shards: in-place writes (a load, a foreach
         # optimizer step) move the version counter; fused optimizer kernels do not, hence the
         # trainer's call after every step whatever the optimizer.
-        if s.gamma is None or s.version != module.weight._version:
+        if s.packed is None or s.version != module.weight._version:
             raise RuntimeError(
-                "packed all-gather: the weights changed since their ternary scale was computed; "
-                "call bittern.distributed.packed.precompute_gammas(model) after writing them"
+                "packed all-gather: the weights changed since they were packed; "
+                "call bittern.distributed.packed.pack_shards(model) after writing them"
             )
-        return (pack_shard(self._tensor, s.gamma),), (s.gamma, outer_size[1])
+        return s.packed, (s.gamma if s.granularity == "tensor" else None, outer_size[1])
 
     def fsdp_post_all_gather(self, outputs, metadata, param_dtype, *, out=None):
         """codes * gamma of the whole weight, in `param_dtype` (into `out` after the first call)."""
@@ -210,26 +220,28 @@ def install(block: nn.Module, world: int) -> None:
 def _local(layer: nn.Module) -> TernaryShard:
     w = layer.weight
     local = w._local_tensor if isinstance(w, DTensor) else w
-    assert isinstance(local, TernaryShard), "precompute_gammas needs the sharded weights (between steps)"
+    assert isinstance(local, TernaryShard), "pack_shards needs the sharded weights (between steps)"
     return local
 
 
 @torch.no_grad()
-def precompute_gammas(model: nn.Module) -> None:
-    """Every per-tensor packed weight's gamma = mean|W| over the whole weight, in one all-reduce.
+def pack_shards(model: nn.Module) -> None:
+    """Pack every packed weight's shard for the all-gathers to come: per tensor under gamma =
+    mean|W| over the whole weight (one all-reduce for them all), per channel under its rows' own.
 
     Every rank calls it after each optimizer step and after weights are loaded or rewritten.
     """
-    layers = [m for m in packed_weights(model) if m.options.granularity == "tensor"]
-    if not layers:
-        return
+    layers = packed_weights(model)
     shards = [_local(m) for m in layers]
-    sums = torch.stack([s._tensor.float().abs().sum() for s in shards])
-    dist.all_reduce(sums, group=layers[0].weight.device_mesh.get_group())
-    for layer, shard, total in zip(layers, shards, sums, strict=True):
-        s = shard._scale
-        s.gamma = (total / s.numel).clamp(min=EPS) * s.multiplier
-        s.version = layer.weight._version
+    per_tensor = [s for s in shards if s._scale.granularity == "tensor"]
+    if per_tensor:
+        sums = torch.stack([s._tensor.float().abs().sum() for s in per_tensor])
+        dist.all_reduce(sums, group=layers[0].weight.device_mesh.get_group())
+        for shard, total in zip(per_tensor, sums, strict=True):
+            s = shard._scale
+            s.gamma = (total / s.numel).clamp(min=EPS) * s.multiplier
+    for layer, shard in zip(layers, shards, strict=True):
+        shard._scale.pack(shard._tensor, layer.weight._version)
 
 
 def check_packed_all_gather(cfg: Config) -> None:

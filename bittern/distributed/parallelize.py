@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bittern.distributed.packed import install, precompute_gammas
+from bittern.distributed.packed import install, pack_shards
 from bittern.errors import BitternError
 
 MODES = ("ddp", "fsdp")
@@ -24,11 +24,14 @@ def parallelize(
     bucket_cap_mb: int,
     param_dtype: torch.dtype | None,
     packed: bool = False,
+    reshard_after_forward: bool = True,
 ) -> nn.Module:
     """DDP- or FSDP2-wrap `model` over the default process group; return the module to call.
 
     The trainer calls it only on several ranks; on one (a benchmark's) it wraps all the same.
     `packed` (FSDP2 only): all-gather the BitLinear weights as packed ternary codes.
+    `reshard_after_forward` (FSDP2 only): False keeps each block's gathered weights from its
+    forward to its backward instead of gathering them again.
     """
     if packed and mode != "fsdp":
         raise BitternError(f"dist.packed_all_gather needs dist.mode = 'fsdp', not {mode!r}")
@@ -43,11 +46,13 @@ def parallelize(
         ids = [device.index] if device.type == "cuda" else None
         return DDP(model, device_ids=ids, bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=True)
     if mode == "fsdp":
-        return _fully_shard(model, param_dtype, dist.get_world_size() if packed else 0)
+        return _fully_shard(model, param_dtype, dist.get_world_size() if packed else 0, reshard_after_forward)
     raise BitternError(f"dist.mode must be one of {MODES}, got {mode!r}")
 
 
-def _fully_shard(model: nn.Module, param_dtype: torch.dtype | None, packed_world: int) -> nn.Module:
+def _fully_shard(
+    model: nn.Module, param_dtype: torch.dtype | None, packed_world: int, reshard_after_forward: bool
+) -> nn.Module:
     """fully_shard every block, then the root; BitLinear weights packed over `packed_world` ranks if > 0."""
     try:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -57,10 +62,10 @@ def _fully_shard(model: nn.Module, param_dtype: torch.dtype | None, packed_world
     for block in model.layers:
         if packed_world:
             install(block, packed_world)
-        fully_shard(block, mp_policy=policy)
+        fully_shard(block, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mp_policy=policy)
     if packed_world:
-        precompute_gammas(model)  # the first forward's
+        pack_shards(model)  # the first forward's
     return model
 
 

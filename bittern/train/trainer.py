@@ -41,7 +41,7 @@ from bittern.distributed import (
     set_gradient_sync,
     shutdown,
 )
-from bittern.distributed.packed import check_packed_all_gather, precompute_gammas
+from bittern.distributed.packed import check_packed_all_gather, pack_shards
 from bittern.errors import BitternError, TrainingStopped
 from bittern.eval import evaluate
 from bittern.kernels import configure as configure_kernels
@@ -152,8 +152,15 @@ class Trainer:
         self.cross_entropy = compiled_cross_entropy() if t.compile else cross_entropy
         self.wrapped = self.model
         if self.dist.enabled:
+            d = cfg.dist
             self.wrapped = parallelize(
-                self.model, cfg.dist.mode, self.device, cfg.dist.bucket_cap_mb, param_dtype, self.packed
+                self.model,
+                d.mode,
+                self.device,
+                d.bucket_cap_mb,
+                param_dtype,
+                self.packed,
+                d.reshard_after_forward,
             )
         self.forward = self.wrapped
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -241,7 +248,7 @@ class Trainer:
         """Restore model and every piece of training state from a verified checkpoint."""
         state, rng = load_training(ckpt, self.wrapped, self.model, self.optimizer, self.dist)
         if self.packed:
-            precompute_gammas(self.model)  # the loaded weights' ternary scales
+            pack_shards(self.model)  # the loaded weights, packed for the all-gathers
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.clipper.load_state_dict(state["clipper"])
@@ -420,7 +427,7 @@ class Trainer:
         if outcome.action == OK:
             self.optimizer.step()
             if self.packed:
-                precompute_gammas(self.model)  # the next forward's ternary scales, one all-reduce
+                pack_shards(self.model)  # for the next all-gathers (one all-reduce)
             self.prev_grad_norm = grad_norm
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler:

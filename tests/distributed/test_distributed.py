@@ -96,9 +96,13 @@ def assert_same_losses(a: dict[int, float], b: dict[int, float]) -> None:
             assert a[step] == pytest.approx(b[step], rel=1e-3), step
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_data_parallel_equals_single_process(mode, tiny_config, config, tmp_path):
-    cfg = {"train": {"micro_batch_size": 2}, "dist": {"mode": mode}}  # 2 micro-batches per rank
+@pytest.mark.parametrize(
+    "dist",
+    [{"mode": "ddp"}, {"mode": "fsdp"}, {"mode": "fsdp", "reshard_after_forward": False}],
+    ids=["ddp", "fsdp", "fsdp-keep"],
+)
+def test_data_parallel_equals_single_process(dist, tiny_config, config, tmp_path):
+    cfg = {"train": {"micro_batch_size": 2}, "dist": dist}  # 2 micro-batches per rank
     single = tmp_path / "single"
     train(tiny_config(**cfg), single, progress=False)
     proc = torchrun(["train", "--config", config(**cfg), "--out", str(tmp_path / "two"), "--quiet"])
@@ -236,3 +240,30 @@ def test_average_gradients_gives_every_rank_the_mean(tmp_path):
     script.write_text(AVERAGER)
     proc = torchrun([], str(script), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_fsdp_keeps_gathered_weights_for_the_backward_only_when_asked(tmp_path):
+    """dist.reshard_after_forward reaches FSDP2: after a forward, a block's weights are whole
+    tensors (kept for the backward) or back to DTensor shards (gathered again for the backward)."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from bittern.distributed import parallelize
+    from bittern.models import ModelConfig, build_model
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        for reshard in (True, False):
+            torch.manual_seed(0)
+            model = build_model(
+                ModelConfig(preset="tiny", vocab_size=64, dim=32, n_layers=2, max_seq_len=16).resolved()
+            )
+            parallelize(model, "fsdp", torch.device("cpu"), 25, None, reshard_after_forward=reshard)
+            attn = model.layers[0].self_attn  # FSDP2 re-registers q_proj.weight as it (un)shards
+            assert isinstance(attn.q_proj.weight, DTensor)
+            logits = model(torch.randint(0, 64, (2, 16)))
+            assert isinstance(attn.q_proj.weight, DTensor) == reshard
+            logits.float().mean().backward()
+            assert isinstance(attn.q_proj.weight, DTensor)  # resharded after the backward either way
+    finally:
+        dist.destroy_process_group()

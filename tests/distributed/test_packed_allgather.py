@@ -126,11 +126,13 @@ class _Owner:
 def test_gathered_shards_give_the_whole_weights_ternary_weight(granularity, dtype):
     w = torch.randn(12, 10, generator=torch.Generator().manual_seed(0))
     w[3] *= 5  # rows with very different scales: per channel, each keeps its own
-    scale = ShardScale(granularity, 1.2, w.numel())
-    scale.gamma, scale.version = weight_scale(w, "tensor", gamma_multiplier=1.2), 0
+    gamma = weight_scale(w, "tensor", gamma_multiplier=1.2)  # what pack_shards all-reduces
     owner = _Owner(torch.zeros(1))
     pieces, meta = [], None
     for shard in w.chunk(3):  # FSDP2 gives each of 3 ranks whole rows
+        scale = ShardScale(granularity, 1.2, w.numel())
+        scale.gamma = gamma
+        scale.pack(shard, owner.weight._version)
         inputs, meta = TernaryShard(shard, scale).fsdp_pre_all_gather(None, w.shape, w.stride(), owner, None)
         assert inputs[0].dtype == torch.uint8 and inputs[0].shape == (4, 3)
         pieces.append(inputs)
@@ -160,13 +162,17 @@ def test_compiled_packers_equal_the_eager_math_on_cuda(rows, cols):
         assert torch.equal(unpack_weight(packed, row_gamma, cols, dtype), expected)
 
 
-def test_a_stale_scale_is_refused():
+def test_stale_or_missing_codes_are_refused():
     w = torch.nn.Parameter(torch.randn(4, 4))
     scale = ShardScale("tensor", 1.0, w.numel())
-    scale.gamma, scale.version = torch.tensor(1.0), w._version
+    with pytest.raises(RuntimeError, match="pack_shards"):  # never packed
+        TernaryShard(w.detach(), scale).fsdp_pre_all_gather(None, w.shape, w.stride(), _Owner(w), None)
+    scale.gamma = torch.tensor(1.0)
+    scale.pack(w.detach(), w._version)
+    TernaryShard(w.detach(), scale).fsdp_pre_all_gather(None, w.shape, w.stride(), _Owner(w), None)
     with torch.no_grad():
-        w.add_(1.0)  # written after the scale was computed
-    with pytest.raises(RuntimeError, match="precompute_gammas"):
+        w.add_(1.0)  # written after it was packed
+    with pytest.raises(RuntimeError, match="pack_shards"):
         TernaryShard(w.detach(), scale).fsdp_pre_all_gather(None, w.shape, w.stride(), _Owner(w), None)
 
 
