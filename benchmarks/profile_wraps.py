@@ -21,8 +21,6 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks import train_throughput as tt
 from benchmarks.common import profile_summary
-from bittern.config import OptimConfig
-from bittern.train.optim import build_optimizer
 
 VOCAB, SEQ, BATCH = 32000, 2048, 4
 
@@ -30,19 +28,7 @@ VOCAB, SEQ, BATCH = 32000, 2048, 4
 def profile_one(preset: str, variant: tt.Variant, wrap: str) -> dict:
     from torch._dynamo.utils import counters
 
-    model = tt.build(preset, variant, VOCAB, SEQ)
-    forward, loss_fn = tt.compiled_parts(model, variant, "regional")
-    after = []
-    if wrap != "none":
-        forward, after = tt.wrap_model(model, wrap)
-    optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
-
-    def batches(i: int):
-        g = torch.Generator(device="cuda").manual_seed(i)
-        tokens = torch.randint(0, VOCAB, (BATCH, SEQ + 1), device="cuda", generator=g)
-        yield tokens[:, :-1], tokens[:, 1:]
-
-    step = tt.make_step(model, forward, loss_fn, optimizer, batches, after)
+    _, step = tt.variant_step(preset, variant, wrap, BATCH, VOCAB, SEQ, "regional")
     for i in range(4):
         step(i)
     torch.cuda.synchronize()

@@ -109,8 +109,6 @@ def wrap_model(model: torch.nn.Module, wrap: str) -> tuple[torch.nn.Module, list
     from bittern.distributed.packed import pack_shards
     from bittern.kernels import set_weight_cache
 
-    if wrap == "none":
-        return model, []
     packed, keep = wrap == "fsdp-packed", wrap == "fsdp-keep"
     set_weight_cache(wrap == "ddp")  # as the trainer: FSDP2 reshards the weights every step
     mode = "ddp" if wrap == "ddp" else "fsdp"
@@ -172,24 +170,31 @@ def release() -> None:
 # ---- throughput ------------------------------------------------------------------------
 
 
-def run_variant(preset: str, variant: Variant, args, wrap: str = "none") -> dict:
-    """Warm up, then time `args.steps` steps (fewer if the variant's time box runs out)."""
-    start = time.perf_counter()
-    batch = args.batch or PRESET_BATCH[preset]
-    model = build(preset, variant, args.vocab, args.seq)
-    forward, loss_fn = compiled_parts(model, variant, args.compile)
+def variant_step(
+    preset: str, variant: Variant, wrap: str, batch: int, vocab: int, seq: int, compile_mode: str
+):
+    """(model, step(i) -> loss): `preset` built as `variant`, inside `wrap`, with its optimizer,
+    training on synthetic random tokens, `batch` sequences of `seq` per step."""
+    model = build(preset, variant, vocab, seq)
+    forward, loss_fn = compiled_parts(model, variant, compile_mode)
+    after_step = []
     if wrap != "none":  # the blocks compiled first, as the trainer does
         forward, after_step = wrap_model(model, wrap)
-    else:
-        after_step = []
     optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
 
     def batches(i: int):
         g = torch.Generator(device=DEVICE).manual_seed(i)
-        tokens = torch.randint(0, args.vocab, (batch, args.seq + 1), device=DEVICE, generator=g)
+        tokens = torch.randint(0, vocab, (batch, seq + 1), device=DEVICE, generator=g)
         yield tokens[:, :-1], tokens[:, 1:]
 
-    step = make_step(model, forward, loss_fn, optimizer, batches, after_step)
+    return model, make_step(model, forward, loss_fn, optimizer, batches, after_step)
+
+
+def run_variant(preset: str, variant: Variant, args, wrap: str = "none") -> dict:
+    """Warm up, then time `args.steps` steps (fewer if the variant's time box runs out)."""
+    start = time.perf_counter()
+    batch = args.batch or PRESET_BATCH[preset]
+    model, step = variant_step(preset, variant, wrap, batch, args.vocab, args.seq, args.compile)
     for i in range(args.warmup):
         step(i)
     warmup_s = time.perf_counter() - start

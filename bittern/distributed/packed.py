@@ -17,7 +17,8 @@ Any other op on a `TernaryShard` (optimizer steps, state dicts, DCP, `full_tenso
 plain tensor inside.
 
 On CUDA the packing and the unpacking each run as one compiled kernel per weight (`_on_gpu`):
-as a dozen PyTorch ops per weight per all-gather they cost 1B training 2.7x its step time.
+as a dozen PyTorch ops per weight per all-gather they made a 1B step under FSDP2 2.7x as long
+(one H200, one rank: 491 against 179 ms).
 """
 
 from __future__ import annotations
