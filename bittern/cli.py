@@ -86,10 +86,16 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> None:
 
 def _generate(args: argparse.Namespace, extra: list[str]) -> None:
     from bittern.export import load_any
-    from bittern.generate import generate_text
+    from bittern.generate import check_sampling, context_warning, generate_text
     from bittern.runtime import resolve_device
 
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.num_samples, args.seed)
     model, tokenizer = load_any(args.path, device=resolve_device(args.device))
+    warning = context_warning(
+        len(tokenizer.encode(args.prompt)), args.max_new_tokens, model.config.max_seq_len
+    )
+    if warning:
+        print(f"bittern: warning: {warning}", file=sys.stderr)
     for i in range(args.num_samples):
         text = generate_text(
             model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed + i

@@ -1,6 +1,6 @@
 """Checkpoints (atomic, verified) and run folders."""
 
-from bittern.checkpoint.run_dir import holds_run, prepare_run_dir
+from bittern.checkpoint.run_dir import check_run_dir, holds_run, prepare_run_dir
 from bittern.checkpoint.store import (
     checkpoint_dir,
     latest_checkpoint,
@@ -13,6 +13,7 @@ from bittern.checkpoint.store import (
 )
 
 __all__ = [
+    "check_run_dir",
     "checkpoint_dir",
     "holds_run",
     "latest_checkpoint",

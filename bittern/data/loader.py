@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from bittern.data.prepare import FORMAT_VERSION, META_FILE, SPLITS
+from bittern.data.shards import verify_shards
 from bittern.data.tokenizer import Tokenizer, load_tokenizer
 from bittern.errors import BitternError
 
@@ -18,16 +18,17 @@ from bittern.errors import BitternError
 class TokenDataset:
     """A prepared dataset folder: memory-mapped shards of each split plus its meta.json."""
 
-    def __init__(self, path: Path, verify: bool = False) -> None:
+    def __init__(self, path: Path, verify: bool = True) -> None:
+        """Open the dataset at `path`; `verify` checks every shard's hash and ids (once per file)."""
         self.path = Path(path)
         self.meta = _read_meta(self.path / META_FILE)
         self.vocab_size: int = self.meta["vocab_size"]
         self.eos_id: int | None = self.meta["eos_id"]
         self.tokenizer_identity: dict = self.meta["tokenizer"]
-        dtype = np.dtype(self.meta["dtype"])
+        self.dtype = np.dtype(self.meta["dtype"])
+        self._shards = {s: self._open_split(s, self.dtype) for s in SPLITS}
         if verify:
             self.verify()
-        self._shards = {s: self._open_split(s, dtype) for s in SPLITS}
         self._starts = {s: np.cumsum([0] + [len(m) for m in self._shards[s]]) for s in SPLITS}
 
     def _open_split(self, split: str, dtype: np.dtype) -> list[np.memmap]:
@@ -44,19 +45,9 @@ class TokenDataset:
         return maps
 
     def verify(self) -> None:
-        """Recompute every shard's SHA-256 and compare with meta.json."""
-        for split in SPLITS:
-            for shard in self.meta["splits"][split]["shards"]:
-                file = self.path / shard["file"]
-                digest = hashlib.sha256()
-                try:
-                    with file.open("rb") as f:
-                        while chunk := f.read(1 << 24):
-                            digest.update(chunk)
-                except FileNotFoundError as e:
-                    raise BitternError(f"missing shard {file}") from e
-                if digest.hexdigest() != shard["sha256"]:
-                    raise BitternError(f"shard {file} is corrupt: SHA-256 does not match meta.json")
+        """Check every shard against meta.json's SHA-256 and the vocabulary (see verify_shards)."""
+        shards = [shard for split in SPLITS for shard in self.meta["splits"][split]["shards"]]
+        verify_shards(self.path, shards, self.dtype, self.vocab_size)
 
     def num_tokens(self, split: str) -> int:
         """Number of tokens (EOS included) in `split`."""
@@ -176,6 +167,38 @@ def _read_meta(path: Path) -> dict:
         raise BitternError(
             f"{path}: dataset format {meta['format_version']}, expected {FORMAT_VERSION}; prepare it again"
         )
-    if any(s not in meta["splits"] for s in SPLITS):
-        raise BitternError(f"malformed dataset meta {path}: splits must include {SPLITS}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise BitternError(f"malformed dataset meta {path}: {problem}")
     return meta
+
+
+def _meta_problem(meta: dict) -> str | None:
+    """What is wrong with the fields the loader reads, or None."""
+    vocab, eos = meta["vocab_size"], meta["eos_id"]
+    if not isinstance(vocab, int) or vocab < 1:
+        return f"vocab_size must be a positive integer, got {vocab!r}"
+    if eos is not None and not (isinstance(eos, int) and 0 <= eos < vocab):
+        return f"eos_id {eos!r} is not an id of the {vocab}-token vocabulary"
+    if meta["dtype"] not in ("uint16", "uint32") or vocab - 1 > np.iinfo(meta["dtype"]).max:
+        return f"dtype {meta['dtype']!r} cannot hold {vocab} token ids"
+    splits = meta["splits"]
+    if not isinstance(splits, dict) or any(not isinstance(splits.get(s), dict) for s in SPLITS):
+        return f"splits must include {SPLITS}"
+    for split in SPLITS:
+        shards = splits[split].get("shards")
+        if not isinstance(splits[split].get("bytes"), int) or not isinstance(shards, list):
+            return f"split {split!r} needs 'bytes' and a 'shards' list"
+        for shard in shards:
+            if not _is_shard_entry(shard):
+                return f"bad shard entry in split {split!r}: {shard!r}"
+    return None
+
+
+def _is_shard_entry(shard: object) -> bool:
+    """A {file, tokens, sha256} entry naming a file inside the dataset folder."""
+    if not isinstance(shard, dict):
+        return False
+    file, tokens, sha = shard.get("file"), shard.get("tokens"), shard.get("sha256")
+    plain_name = isinstance(file, str) and file not in ("", ".", "..") and Path(file).name == file
+    return plain_name and isinstance(tokens, int) and tokens >= 0 and isinstance(sha, str)

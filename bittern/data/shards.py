@@ -1,13 +1,20 @@
-"""Writing a split's tokens as flat binary shards, hashing them on the way."""
+"""Flat binary token shards: writing them (hashing on the way) and checking them when read."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 
+from bittern.errors import BitternError
+
 SHARD_TOKENS = 256 * 1024 * 1024
+VERIFIED_FILE = ".verified.json"
+_READ_BYTES = 1 << 24  # a multiple of every token dtype's size
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -72,3 +79,71 @@ class ShardWriter:
     def num_tokens(self) -> int:
         """Tokens written so far."""
         return sum(s["tokens"] for s in self.shards[:-1]) + self._count if self.shards else 0
+
+
+def verify_shards(directory: Path, shards: list[dict], dtype: np.dtype, vocab_size: int) -> None:
+    """Raise unless every shard's SHA-256 matches its meta.json entry and its ids are < vocab_size.
+
+    Each file is read once: the verdict is kept in `directory/.verified.json`, keyed by the
+    file's size, mtime and ctime (which no user call can set back), so an unchanged dataset
+    costs one stat per shard and a shard written since is read again. A read-only dataset
+    folder is checked in full each time.
+    """
+    directory = Path(directory)
+    known = _read_verdicts(directory / VERIFIED_FILE)
+    verdicts = {}
+    for shard in shards:
+        file = directory / shard["file"]
+        stamp = _stamp(file)
+        verdict = {"stamp": stamp, "sha256": shard["sha256"], "vocab_size": vocab_size}
+        if known.get(shard["file"]) != verdict:
+            _check_shard(file, shard["sha256"], np.dtype(dtype), vocab_size)
+            if _stamp(file) != stamp:
+                continue  # written while it was read: judge it again next time
+        verdicts[shard["file"]] = verdict
+    if verdicts != known:
+        _write_verdicts(directory / VERIFIED_FILE, verdicts)
+
+
+def _check_shard(file: Path, sha256: str, dtype: np.dtype, vocab_size: int) -> None:
+    """One pass over `file`: its SHA-256 against `sha256`, its largest id against vocab_size."""
+    digest, top = hashlib.sha256(), -1
+    with file.open("rb") as f:
+        while chunk := f.read(_READ_BYTES):
+            digest.update(chunk)
+            top = max(top, int(np.frombuffer(chunk, dtype=dtype).max()))
+    if digest.hexdigest() != sha256:
+        raise BitternError(
+            f"shard {file} is corrupt: its SHA-256 does not match meta.json; prepare the dataset again"
+        )
+    if top >= vocab_size:
+        raise BitternError(f"shard {file} holds token id {top}, outside the vocabulary of {vocab_size}")
+
+
+def _stamp(file: Path) -> list[int]:
+    """What changes whenever the file's contents do: size, mtime and ctime in nanoseconds."""
+    try:
+        st = file.stat()
+    except FileNotFoundError as e:
+        raise BitternError(f"missing shard {file}") from e
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _read_verdicts(path: Path) -> dict:
+    """The shards found good before, {file: verdict}; empty when there is no readable record."""
+    try:
+        verdicts = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return verdicts if isinstance(verdicts, dict) else {}
+
+
+def _write_verdicts(path: Path, verdicts: dict) -> None:
+    """Replace the record atomically; a folder we cannot write to just keeps no record."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(verdicts, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from bittern.checkpoint import (
-    holds_run,
+    check_run_dir,
     list_checkpoints,
     prepare_run_dir,
     prune_checkpoints,
@@ -128,7 +128,7 @@ class Trainer:
         self.device = local_device(base_device, self.dist)
         self.rank, self.world, self.is_main = self.dist.rank, self.dist.world, self.dist.is_main
         self.progress = progress and self.is_main
-        resuming = self._prepare_folder(resume, overwrite)
+        resuming = check_run_dir(self.out, resume, overwrite)  # read-only: created once all checks pass
         self.precision = resolve_precision(t.precision, self.device)
         self.data = self._open_data()
         self._plan_batches()
@@ -176,6 +176,7 @@ class Trainer:
         self.step = self.tokens_seen = self.data_offset = 0
         self.progressive_start, self.progressive_mode = 0, cfg.progressive.schedule
         self.prev_grad_norm, self.quant_lambda = 0.0, None
+        self._prepare_folder(resume, overwrite)
         self.resumed_from = self._restore_newest() if resuming else None
         self.config_toml = to_toml(cfg)
         if self.is_main:
@@ -184,11 +185,11 @@ class Trainer:
                 self.data.tokenizer().save(self.out / "tokenizer")
         self.logger = MetricsLogger(self.out, tensorboard=cfg.log.tensorboard, enabled=self.is_main)
 
-    def _prepare_folder(self, resume: bool, overwrite: bool) -> bool:
-        """Rank 0 checks and prepares the run folder; the others follow once it is done."""
-        resuming = prepare_run_dir(self.out, resume, overwrite) if self.is_main else False
+    def _prepare_folder(self, resume: bool, overwrite: bool) -> None:
+        """Rank 0 prepares the run folder (an old one goes only now); the others wait for it."""
+        if self.is_main:
+            prepare_run_dir(self.out, resume, overwrite)
         barrier(self.dist)
-        return resuming if self.is_main else resume and holds_run(self.out)
 
     def _open_data(self):
         """Rank 0 prepares a built-in corpus first, so the others only read it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -115,3 +116,67 @@ def test_plot_writes_pngs(capsys, config_file, tmp_path):
     assert {"loss.png", "lr.png", "grad_norm.png", "zero_frac.png"} <= names
     assert all((run / "plots" / n).stat().st_size > 1000 for n in names)
     assert "metrics.jsonl" in run_error(capsys, ["plot", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--max-new-tokens", "-3"],
+        ["--temperature", "-1"],
+        ["--temperature", "nan"],
+        ["--top-k", "-5"],
+        ["--num-samples", "0"],
+        ["--seed", "-1"],
+    ],
+)
+def test_generate_refuses_unusable_settings_before_loading(capsys, tmp_path, bad):
+    msg = run_error(capsys, ["generate", str(tmp_path / "not-loaded"), *bad])
+    assert bad[0] in msg
+
+
+def test_generate_warns_at_the_context_limit(capsys, config_file, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--config", config_file, "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    prompt = ["generate", str(run), "--prompt", "ROMEO.", "--temperature", "0"]
+    assert main([*prompt, "--max-new-tokens", "100"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        "bittern: warning: the model's context is max_seq_len = 64 tokens: "
+        "at most 58 new tokens follow it, not 100"
+    )
+    assert captured.out.startswith("ROMEO.") and len(captured.out.rstrip("\n").encode()) <= 64
+    assert main([*prompt, "--max-new-tokens", "58"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def damage_meta(copy):
+    meta = json.loads((copy / "meta.json").read_text())
+    del meta["splits"]["train"]["shards"][0]["sha256"]
+    (copy / "meta.json").write_text(json.dumps(meta))
+
+
+def flip_shard_byte(copy):
+    shard = copy / "train_000.bin"
+    blob = bytearray(shard.read_bytes())
+    blob[100] ^= 0x01
+    shard.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (lambda copy: shutil.rmtree(copy), "does not exist"),
+        (lambda copy: (copy / "meta.json").unlink(), "not a prepared dataset"),
+        (damage_meta, "malformed dataset meta"),
+        (flip_shard_byte, "corrupt"),
+        (lambda copy: (copy / "val_000.bin").unlink(), "missing shard"),
+    ],
+)
+def test_a_data_error_on_train_writes_nothing(capsys, tmp_path, dataset, damage, named):
+    copy = shutil.copytree(dataset, tmp_path / "data")
+    damage(copy)
+    cfg = write_config(tmp_path / "c.toml", tiny_config_dict(copy, train={"steps": 2}))
+    out = tmp_path / "runs" / "r"
+    assert named in run_error(capsys, ["train", "--config", cfg, "--out", str(out)])
+    assert not out.parent.exists()

@@ -109,9 +109,36 @@ def test_verify_detects_a_flipped_byte(tmp_path, byte_dataset):
     data = bytearray(shard.read_bytes())
     data[1234] ^= 0x01
     shard.write_bytes(bytes(data))
-    TokenDataset(copy)  # only verify=True hashes the shards
+    TokenDataset(copy, verify=False)  # only the sizes are checked
     with pytest.raises(BitternError, match="train_000.bin"):
-        TokenDataset(copy, verify=True)
+        TokenDataset(copy)  # verified by default
+
+
+def edit_meta(path, edit) -> None:
+    meta = json.loads((path / "meta.json").read_text())
+    edit(meta)
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda m: m.update(dtype="float7"), "dtype"),
+        (lambda m: m.update(dtype="uint16", vocab_size=70_000), "dtype"),
+        (lambda m: m.update(vocab_size="257"), "vocab_size"),
+        (lambda m: m.update(eos_id=257), "eos_id"),
+        (lambda m: m["splits"].update(val=[]), "splits"),
+        (lambda m: m["splits"]["val"].pop("bytes"), "'val'"),
+        (lambda m: m["splits"]["train"]["shards"][0].update(file="../train_000.bin"), "shard entry"),
+        (lambda m: m["splits"]["train"]["shards"][0].pop("sha256"), "shard entry"),
+        (lambda m: m["splits"]["train"]["shards"][0].update(tokens=-1), "shard entry"),
+    ],
+)
+def test_malformed_meta_fields_are_named(tmp_path, byte_dataset, edit, named):
+    copy = shutil.copytree(byte_dataset, tmp_path / "copy")
+    edit_meta(copy, edit)
+    with pytest.raises(BitternError, match=f"malformed dataset meta .*{named}"):
+        TokenDataset(copy)
 
 
 def test_missing_or_malformed_meta(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -125,3 +126,43 @@ def test_full_precision_twin_has_no_bitlinear(tiny_config, tmp_path):
     saved = (tmp_path / "run" / "config.toml").read_text()
     assert 'quant = "none"' in saved and "dim = 32" in saved
     assert json.loads((latest_checkpoint(tmp_path / "run") / "manifest.json").read_text())["step"] == 2
+
+
+def files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def corrupt_copy(dataset, folder):
+    """A copy of `dataset` with one byte of its train shard flipped (same size)."""
+    copy = shutil.copytree(dataset, folder)
+    shard = copy / "train_000.bin"
+    blob = bytearray(shard.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    shard.write_bytes(bytes(blob))
+    return copy
+
+
+@pytest.mark.parametrize("failing", ["seq_len", "micro_batch", "bad_shard", "no_teacher"])
+def test_overwrite_runs_every_check_before_deleting(tiny_config, dataset, tmp_path, failing):
+    run = tmp_path / "run"
+    train(tiny_config(train={"steps": 2}), run, progress=False)
+    before = files(run)
+    assert any(name.startswith("checkpoints/") for name in before)
+    bad = {
+        "seq_len": ({"train": {"seq_len": 128}}, "exceeds model.max_seq_len"),
+        "micro_batch": ({"train": {"micro_batch_size": 3}}, "does not divide"),
+        "bad_shard": ({"data": {"path": str(corrupt_copy(dataset, tmp_path / "bad"))}}, "corrupt"),
+        "no_teacher": ({"loss": {"distill": 1.0}}, "need a teacher"),
+    }
+    sections, message = bad[failing]
+    with pytest.raises(BitternError, match=message):
+        Trainer(tiny_config(**sections), run, overwrite=True)
+    assert files(run) == before
+
+
+def test_a_failed_check_creates_no_run_folder(tiny_config, dataset, tmp_path):
+    bad_data = {"path": str(corrupt_copy(dataset, tmp_path / "bad"))}
+    for sections in ({"data": bad_data}, {"train": {"seq_len": 128}}):
+        with pytest.raises(BitternError):
+            Trainer(tiny_config(**sections), tmp_path / "new" / "run")
+        assert not (tmp_path / "new").exists()
