@@ -14,6 +14,7 @@ NORM_PLACEMENTS = ("inside", "sublayer", "none")  # none: only the pre-norms (la
 # Llama-style shapes; "2b" is the released BitNet b1.58 2B4T shape (gated squared ReLU).
 PRESETS: dict[str, dict] = {
     "tiny": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=352, max_seq_len=512),
+    "50m": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=8, ffn_dim=1536),  # recipe sweeps
     "125m": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_dim=2048),
     "350m": dict(dim=1024, n_layers=24, n_heads=16, n_kv_heads=16, ffn_dim=2816),
     "1b": dict(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632),

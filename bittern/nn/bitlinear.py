@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bittern.kernels.dispatch import (
+    HOST_SCALARS,
     LAMBDA_ATTR,
     fast_forward,
     fast_forward_group,
@@ -52,7 +53,9 @@ class BitLinear(nn.Linear):
 
     The latent full-precision weight stays at `.weight` and is what the optimizer updates.
     `weight_lambda` / `act_lambda` (0..1) blend full precision into quantized for
-    progressive quantization; they are buffers so changing them never recompiles.
+    progressive quantization; they are buffers so changing them never recompiles. A lambda of
+    0 skips its quantizer altogether, so the full-precision phase of late quantization costs
+    what the nn.Linear twin's steps cost (a compiled model recompiles once at that switch).
     With quant="none" it is exactly nn.Linear (no norm, no quantization).
     `weight_prequantized` is set from outside when `.weight`, as the forward sees it, already
     is codes * gamma of the latent weight (FSDP2's packed all-gather gathers it so).
@@ -84,6 +87,7 @@ class BitLinear(nn.Linear):
         self.register_buffer("weight_lambda", torch.ones((), device=device), persistent=False)
         self.register_buffer("act_lambda", torch.ones((), device=device), persistent=False)
         setattr(self, LAMBDA_ATTR, True)
+        self.lambda_zero = (False, False)  # host record of (weight, act) lambda == 0, by set_lambda
 
     @property
     def quantized(self) -> bool:
@@ -106,8 +110,22 @@ class BitLinear(nn.Linear):
             return fast_forward(self, x)
         if self.norm is not None:
             x = self.norm(x)
-        xq = fake_quant_activations(x, self.act_lambda, self.options.ste)
-        return F.linear(xq, self.quantized_weight().to(xq.dtype), self.bias)
+        weight_zero, act_zero = self._lambdas_zero()
+        xq = x if act_zero else fake_quant_activations(x, self.act_lambda, self.options.ste)
+        w = self.weight if weight_zero else self.quantized_weight()
+        return F.linear(xq, w.to(xq.dtype), self.bias)
+
+    def _lambdas_zero(self) -> tuple[bool, bool]:
+        """(weight lambda == 0, act lambda == 0): x + 0 * (q(x) - x) is x, so the quantizer is skipped.
+
+        Eager calls read the buffers (a host read only when one was written since the last call);
+        a compiled graph goes by what `set_lambda` recorded.
+        """
+        if torch.compiler.is_compiling():
+            return self.lambda_zero
+        zero = (HOST_SCALARS.value(self.weight_lambda) == 0.0, HOST_SCALARS.value(self.act_lambda) == 0.0)
+        self.lambda_zero = zero
+        return zero
 
     def set_lambda(self, weight: float, act: float | None = None) -> None:
         """Set the progressive-quantization blend (1 = fully quantized)."""
@@ -118,6 +136,7 @@ class BitLinear(nn.Linear):
         self.weight_lambda.fill_(weight)
         self.act_lambda.fill_(act)
         setattr(self, LAMBDA_ATTR, weight == 1.0 and act == 1.0)  # what a compiled model goes by
+        self.lambda_zero = (weight == 0.0, act == 0.0)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
