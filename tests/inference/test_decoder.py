@@ -12,7 +12,15 @@ PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17]]
 
 def _model(arch="llama", n_kv=2, **kw):
     cfg = ModelConfig(
-        preset="tiny", arch=arch, dim=64, n_layers=2, n_heads=4, n_kv_heads=n_kv, ffn_dim=128, vocab_size=96, **kw
+        preset="tiny",
+        arch=arch,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=n_kv,
+        ffn_dim=128,
+        vocab_size=96,
+        **kw,
     )
     torch.manual_seed(0)
     return build_model(cfg.resolved()).eval()
