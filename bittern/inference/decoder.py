@@ -67,11 +67,12 @@ class StaticDecoder(nn.Module):
             for _ in range(cfg.n_layers)
         )
         self.register_buffer("key_pos", torch.arange(max_len, device=w.device), persistent=False)
-        self._step = self.step
+        self._step, self.compiled = self.step, False
 
     def compile(self, mode: str = "reduce-overhead") -> StaticDecoder:
         """Compile `step` (CUDA graphs with the default mode); prefill stays eager (prompts vary)."""
         self._step = torch.compile(self.step, mode=mode, fullgraph=True, dynamic=False)
+        self.compiled = True
         return self
 
     def hidden(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -132,7 +133,7 @@ class StaticDecoder(nn.Module):
 
         A CUDA graph's outputs are overwritten by its next replay, hence the copies.
         """
-        graphed = self._step is not self.step and tokens.is_cuda
+        graphed = self.compiled and tokens.is_cuda
         if graphed:
             torch.compiler.cudagraph_mark_step_begin()
         nxt, logits = self._step(tokens, pos, noise)
