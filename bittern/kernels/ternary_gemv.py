@@ -305,8 +305,8 @@ def _gemv(x, words, scale, norm_weight, bias, eps):
     m, k = x.shape
     n, kw = words.shape
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    block_n = 4 if INTERPRET else (8 if n >= 1024 else 4)
-    block_kw = min(triton.next_power_of_2(kw), 4 if INTERPRET else 64)
+    block_n = 16 if INTERPRET else (8 if n >= 1024 else 4)  # the interpreter runs programs one by one
+    block_kw = min(triton.next_power_of_2(kw), 8 if INTERPRET else 64)
     x_dtype, y_dtype = _dtypes(x, norm_weight)
     dummy = scale
     _launch(_gemv_kernel)[(triton.cdiv(n, block_n), m)](
