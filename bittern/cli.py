@@ -85,22 +85,70 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def _generate(args: argparse.Namespace, extra: list[str]) -> None:
-    from bittern.export import load_any
-    from bittern.generate import check_sampling, context_warning, generate_text
+    from bittern.generate import check_sampling
     from bittern.runtime import resolve_device
 
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.num_samples, args.seed)
-    model, tokenizer = load_any(args.path, device=resolve_device(args.device))
-    warning = context_warning(
-        len(tokenizer.encode(args.prompt)), args.max_new_tokens, model.config.max_seq_len
-    )
+    if not 0.0 < args.top_p <= 1.0:
+        raise BitternError(f"--top-p must be in (0, 1], got {args.top_p}")
+    device = resolve_device(args.device)
+    prompts = [args.prompt] if args.prompt_file is None else _prompt_lines(Path(args.prompt_file))
+    if device.type == "cuda" or args.top_p < 1.0:
+        return _generate_fast(args, device, prompts)
+    from bittern.export import load_any
+    from bittern.generate import generate_text
+
+    model, tokenizer = load_any(args.path, device=device)
+    _warn_context(prompts, tokenizer, args.max_new_tokens, model.config.max_seq_len)
+    n = 0
+    for prompt in prompts:
+        for i in range(args.num_samples):
+            text = generate_text(
+                model, tokenizer, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed + i
+            )
+            n += 1
+            print(text if args.num_samples * len(prompts) == 1 else f"--- sample {n}\n{text}")
+
+
+def _warn_context(prompts: list[str], tokenizer, max_new_tokens: int, max_seq_len: int) -> None:
+    """Warn (once) when the model's context cuts a prompt or the continuation asked for."""
+    from bittern.generate import context_warning
+
+    longest = max(len(tokenizer.encode(p)) for p in prompts)
+    warning = context_warning(longest, max_new_tokens, max_seq_len)
     if warning:
         print(f"bittern: warning: {warning}", file=sys.stderr)
-    for i in range(args.num_samples):
-        text = generate_text(
-            model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed + i
-        )
-        print(text if args.num_samples == 1 else f"--- sample {i + 1}\n{text}")
+
+
+def _prompt_lines(path: Path) -> list[str]:
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise BitternError(f"cannot read prompt file {path}: {e}") from None
+    if not lines:
+        raise BitternError(f"prompt file {path} holds no prompts (one per line)")
+    return lines
+
+
+def _generate_fast(args: argparse.Namespace, device, prompts: list[str]) -> None:
+    """Every prompt x --num-samples in one batch on the static-cache decoder (packed kernels on CUDA)."""
+    from bittern.inference import Sampling, load_for_decoding
+    from bittern.inference.texts import generate_texts
+
+    model, tokenizer = load_for_decoding(args.path, device)
+    _warn_context(prompts, tokenizer, args.max_new_tokens, model.config.max_seq_len)
+    batch = [p for p in prompts for _ in range(args.num_samples)]
+    sampling = Sampling(args.temperature, args.top_k or 0, args.top_p)
+    texts, result = generate_texts(
+        model, tokenizer, batch, args.max_new_tokens, sampling, args.seed, compile=not args.no_compile
+    )
+    for i, text in enumerate(texts):
+        print(text if len(texts) == 1 else f"--- sample {i + 1}\n{text}")
+    print(
+        f"{len(texts)} x {result.steps} tokens: first token {result.time_to_first_token_s * 1e3:.1f} ms, "
+        f"{result.decode_tokens_per_s:.1f} tokens/s decoding, {result.tokens_per_s:.1f} tokens/s overall",
+        file=sys.stderr,
+    )
 
 
 def _plot(args: argparse.Namespace, extra: list[str]) -> None:
@@ -180,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=50)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--num-samples", type=int, default=1)
+    g.add_argument("--num-samples", type=int, default=1, help="samples per prompt (one batch on CUDA)")
+    g.add_argument("--prompt-file", help="UTF-8 file with one prompt per line, all decoded at once on CUDA")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (below 1: the static decoder)")
+    g.add_argument("--no-compile", action="store_true", help="on CUDA: decode eagerly, without CUDA graphs")
     g.add_argument("--device", default="auto")
     g.set_defaults(func=_generate)
 

@@ -62,6 +62,18 @@ class TernaryLinear(nn.Module):
                 new.norm.weight.copy_(layer.norm.weight)
         return new
 
+    def to_packed(self) -> nn.Module:
+        """This layer with its codes packed 2 bits per weight, run by Triton kernels (for CUDA).
+
+        A `PackedTernaryLinear` sharing the norm and bias; per-group scales have no packed kernel
+        and keep this layer. Needs Triton (imported here, not before).
+        """
+        if self.scale.dim() == 3:
+            return self
+        from bittern.nn.packed_linear import PackedTernaryLinear
+
+        return PackedTernaryLinear.from_codes(self.codes, self.scale, self.bias, self.norm)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is not None:
             x = self.norm(x)
