@@ -45,6 +45,7 @@ def check_kernels() -> list[dict]:
     torch._dynamo.config.cache_size_limit = 64  # one graph per shape checked, none falling back to eager
 
     @torch.compile(fullgraph=True, dynamic=False)
+    @torch.no_grad()
     def compiled(*args):
         return ternary_linear(*args)
 

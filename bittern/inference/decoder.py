@@ -108,6 +108,7 @@ class StaticDecoder(nn.Module):
         m = self.model
         return m.lm_head(m.norm(h)).float()[..., : m.config.vocab_size]
 
+    @torch.no_grad()
     def prefill(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Fill the cache from right-padded prompts `ids` (B, T) of `lengths` (B,): last tokens' logits."""
         B, T = ids.shape
@@ -115,6 +116,7 @@ class StaticDecoder(nn.Module):
         h = self.hidden(ids, pos)
         return self.logits(h[torch.arange(B, device=ids.device), lengths - 1])
 
+    @torch.no_grad()
     def step(
         self, tokens: torch.Tensor, pos: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -65,7 +65,7 @@ def prepare_for_decoding(
         dtype = torch.bfloat16
     if dtype is not None:
         cast_parameters(model, dtype)
-    return model
+    return model.requires_grad_(False)  # the packed modules are new: no autograd through their ops
 
 
 def load_for_decoding(
