@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,7 +61,8 @@ def staged_output(out: str | Path) -> Iterator[Path]:
     if out.exists():
         raise BitternError(f"output path already exists: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = _staging_name(out)
+    tmp.mkdir()
     try:
         yield tmp
         tmp.rename(out)
@@ -78,14 +78,22 @@ def staged_file(out: str | Path) -> Iterator[Path]:
     if out.exists():
         raise BitternError(f"output path already exists: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _staging_name(out)
+    tmp.touch(exist_ok=False)
     try:
         yield tmp
         tmp.rename(out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _staging_name(out: Path) -> Path:
+    """An unused hidden name beside `out`.
+
+    Made with plain mkdir / touch, so the export gets the umask's permissions, as any file
+    the user writes; tempfile's mkdtemp / mkstemp would leave it private (0700 / 0600).
+    """
+    return out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
 
 
 def frozen_model(cfg: ModelConfig, state: dict[str, torch.Tensor], where: str) -> Transformer:
