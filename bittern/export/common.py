@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from bittern.checkpoint.store import follow_umask
 from bittern.convert.weights import copy_weights
 from bittern.data.tokenizer import Tokenizer
 from bittern.errors import BitternError
@@ -65,6 +67,7 @@ def staged_output(out: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        follow_umask(tmp)
         tmp.rename(out)
     finally:
         if tmp.exists():
@@ -80,8 +83,10 @@ def staged_file(out: str | Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _staging_name(out)
     tmp.touch(exist_ok=False)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # the umask's, kept should the writer replace the file
     try:
         yield tmp
+        tmp.chmod(mode)
         tmp.rename(out)
     finally:
         tmp.unlink(missing_ok=True)
