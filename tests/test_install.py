@@ -9,6 +9,7 @@ takes a minute or two, most of it pip. Skip it locally with `-m "not install"`.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,15 @@ def _run(cmd: list, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
     return result
 
 
+def _source_copy(dest: Path) -> Path:
+    """What a checkout holds for the build, copied: pip builds in the source folder (build/, egg-info)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(REPO / "bittern", dest / "bittern", ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
 @pytest.mark.install
 def test_plain_install_trains_evaluates_generates_and_exports(tiny_config, tmp_path):
     venv = tmp_path / "venv"
@@ -38,7 +48,7 @@ def test_plain_install_trains_evaluates_generates_and_exports(tiny_config, tmp_p
     bin_ = venv / "bin"
     pip = [bin_ / "python", "-m", "pip", "install", "-q", "--no-compile"]
     _run([*pip, TORCH], tmp_path)
-    _run([*pip, REPO], tmp_path)
+    _run([*pip, _source_copy(tmp_path / "src")], tmp_path)
     probe = "import importlib.util as u; print(u.find_spec('triton') is None, u.find_spec('bittern').origin)"
     absent, origin = _run([bin_ / "python", "-c", probe], tmp_path).stdout.split()
     assert absent == "True"  # the CPU torch does not bring Triton along, nor does bittern
