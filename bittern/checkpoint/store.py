@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,21 @@ def fresh_tmp_dir(final: Path, suffix: str) -> Path:
     return tmp
 
 
+def follow_umask(folder: Path) -> None:
+    """Give every file under `folder` the mode the umask gives a new file.
+
+    safetensors writes its files private (0600). `folder` was made by mkdir, so its own mode
+    shows the umask, which os.umask could only read by setting it for the whole process.
+    """
+    mode = stat.S_IMODE(folder.stat().st_mode) & 0o666
+    for p in folder.rglob("*"):
+        if p.is_file():
+            p.chmod(mode)
+
+
 def commit(tmp: Path, final: Path, step: int) -> Path:
     """Manifest every file of `tmp`, fsync, rename to `final`, then write the commit marker."""
+    follow_umask(tmp)
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     digests = {str(p.relative_to(tmp)): sha256_file(p) for p in files}
     manifest = {"format_version": FORMAT_VERSION, "step": step, "sha256": digests}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
+import stat
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from bittern.checkpoint.store import follow_umask
 from bittern.convert.weights import copy_weights
 from bittern.data.tokenizer import Tokenizer
 from bittern.errors import BitternError
@@ -62,9 +63,11 @@ def staged_output(out: str | Path) -> Iterator[Path]:
     if out.exists():
         raise BitternError(f"output path already exists: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = _staging_name(out)
+    tmp.mkdir()
     try:
         yield tmp
+        follow_umask(tmp)
         tmp.rename(out)
     finally:
         if tmp.exists():
@@ -78,14 +81,24 @@ def staged_file(out: str | Path) -> Iterator[Path]:
     if out.exists():
         raise BitternError(f"output path already exists: {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _staging_name(out)
+    tmp.touch(exist_ok=False)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # the umask's, kept should the writer replace the file
     try:
         yield tmp
+        tmp.chmod(mode)
         tmp.rename(out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _staging_name(out: Path) -> Path:
+    """An unused hidden name beside `out`.
+
+    Made with plain mkdir / touch, so the export gets the umask's permissions, as any file
+    the user writes; tempfile's mkdtemp / mkstemp would leave it private (0700 / 0600).
+    """
+    return out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
 
 
 def frozen_model(cfg: ModelConfig, state: dict[str, torch.Tensor], where: str) -> Transformer:

@@ -1,7 +1,8 @@
 """Triton kernels for 1.58-bit training, each beside the PyTorch reference it must equal.
 
 - `actquant`: fused RMSNorm + per-token int8 activation quantization, forward and backward;
-- `weightquant`: ternary weight quantization (absmean reduced on the device), cached per step;
+- `weightquant`: ternary weight quantization (absmean reduced on the device);
+- `weightcache`: the codes of each weight, kept until an optimizer step changes it (no Triton);
 - `int8_mm`: int8 x int8 -> int32 GEMM with the gamma / s_x rescale fused in the epilogue;
 - `gradquant`: int8 quantization of the output gradient for the int8 backward options;
 - `ops`: all of them as torch ops (torch.compile traces into them on the GPU);

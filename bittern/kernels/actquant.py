@@ -1,6 +1,6 @@
 """Fused RMSNorm + per-token int8 activation quantization, forward and backward.
 
-Mirrors `bittern.nn.RMSNorm` followed by `bittern.quant.quantize_activations` (DESIGN.md
+Mirrors `bittern.nn.RMSNorm` followed by `bittern.quant.quantize_activations` (docs/design.md,
 section 1): y = weight * (x * rstd).to(x.dtype) with rstd = 1 / sqrt(mean(x^2) + eps) in
 float32, then s_x = 127 / max|y_row|, codes = round(y * s_x). One program per token reads
 the row once and writes int8 codes, s_x and rstd. The backward is the RMSNorm backward with

@@ -15,11 +15,12 @@ The fast path's weight codes are cached (`WeightCache`) and bound to each layer 
 where a compiled graph reads them; `refresh` re-checks them against the weights.
 
 This module imports neither Triton nor the kernels; `fast_forward` imports them on first use.
+The cache's bookkeeping (`bittern.kernels.weightcache`) imports no Triton either, so the
+switches here work on a machine without it.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from dataclasses import dataclass
 
@@ -207,7 +208,7 @@ def refresh(model: nn.Module) -> None:
     if not fast_path_available():
         return
     from bittern.kernels.function import weight_codes
-    from bittern.kernels.weightquant import WEIGHT_CACHE
+    from bittern.kernels.weightcache import WEIGHT_CACHE
 
     if not WEIGHT_CACHE.enabled:
         return
@@ -221,7 +222,7 @@ def set_weight_cache(enabled: bool) -> None:
 
     Off under FSDP2: it refills each block's unsharded weights in place every step.
     """
-    from bittern.kernels.weightquant import WEIGHT_CACHE
+    from bittern.kernels.weightcache import WEIGHT_CACHE
 
     WEIGHT_CACHE.enabled = enabled
     WEIGHT_CACHE.clear()
@@ -229,6 +230,6 @@ def set_weight_cache(enabled: bool) -> None:
 
 def clear_weight_cache() -> None:
     """Forget every cached ternary weight (after writing weights through `.data`, say)."""
-    module = sys.modules.get("bittern.kernels.weightquant")
-    if module is not None:
-        module.WEIGHT_CACHE.clear()
+    from bittern.kernels.weightcache import WEIGHT_CACHE
+
+    WEIGHT_CACHE.clear()

@@ -20,7 +20,7 @@ from torch import nn
 
 import bittern.kernels.ops  # noqa: F401  (registers torch.ops.bittern.*)
 from bittern.kernels.dispatch import CODES_ATTR, lambdas_are_one
-from bittern.kernels.weightquant import WEIGHT_CACHE
+from bittern.kernels.weightcache import WEIGHT_CACHE
 
 ops = torch.ops.bittern
 

@@ -7,7 +7,7 @@ s_g = 127 / max|g'_row|.
 
 grad_weight = grad_out^T @ (x_q / s_x): the sum runs over tokens m, so 1 / s_x[m] is folded
 into grad_out and the result quantized per column n (over all tokens), written transposed
-(N, M) so that the int8 GEMM reads both operands K-major (DESIGN.md section 6).
+(N, M) so that the int8 GEMM reads both operands K-major (docs/design.md, section 5).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """int8 x int8 -> int32 GEMM with the dequantizing rescale fused in the epilogue.
 
 C[m, n] = (sum_k A[m, k] * B[n, k]) * col[n] / row[m], with A (M, K) and B (N, K) both
-K-contiguous (Hopper's int8 tensor-core instructions take K-major operands only: DESIGN.md
-section 6). Without scales C is the exact int32 product. For the forward, A = activation
-codes, B = ternary codes, row = s_x and col = gamma; the backward's int8 options reuse it.
+K-contiguous (Hopper's int8 tensor-core instructions take K-major operands only:
+docs/design.md, section 5). Without scales C is the exact int32 product. For the forward,
+A = activation codes, B = ternary codes, row = s_x and col = gamma; the backward's int8
+options reuse it.
 The int32 sum is exact for K < 2**17 (|A| <= 128, |B| <= 127).
 
 Two kernels compute it, with the same product and the same float32 epilogue (`_rescale`):

@@ -1,4 +1,4 @@
-"""Reference quantizers (DESIGN.md section 1): the one place the math lives.
+"""Reference quantizers (docs/design.md, section 1): the one place the math lives.
 
 Weights: absmean to ternary, `gamma = mean|W|` (times a multiplier), `W_q = round(W / gamma)`
 clamped to [-1, 1]. Activations: per-token absmax to int8, `s_x = 127 / max|x|`,

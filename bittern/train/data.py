@@ -32,6 +32,19 @@ def open_dataset(cfg: DataConfig, progress: bool = True) -> TokenDataset:
     return TokenDataset(path)
 
 
+def resolved_tokenizer(cfg: DataConfig, data: TokenDataset) -> str:
+    """The data.tokenizer a run used, for its resolved config: "" becomes what `data` holds.
+
+    "" trains on byte tokens for a built-in corpus and on the prepared folder's tokenizer for
+    data.path; that is "byte" or "bpe" when the tokenizer is one of bittern's own. A local
+    Hugging Face tokenizer has no name to write but its path, which the folder does not keep.
+    """
+    if cfg.tokenizer:
+        return cfg.tokenizer
+    kind = data.tokenizer_identity.get("kind")
+    return kind if kind in ("byte", "bpe") else ""
+
+
 def _check_tokenizer_spec(spec: str, data: TokenDataset) -> None:
     kind = data.tokenizer_identity.get("kind")
     if spec in ("byte", "bpe"):

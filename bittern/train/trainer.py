@@ -64,7 +64,7 @@ from bittern.runtime import autocast, resolve_device, resolve_precision
 from bittern.train.clip import GradClipper, per_layer_grad_norms
 from bittern.train.compiling import backend as compile_backend
 from bittern.train.compiling import compile_blocks, compiled_cross_entropy, cross_entropy
-from bittern.train.data import open_dataset
+from bittern.train.data import open_dataset, resolved_tokenizer
 from bittern.train.guard import OK, ROLLBACK, PlateauWatch, StabilityGuard
 from bittern.train.init import LayerLambdas, init_model_config, load_init, validate_init
 from bittern.train.losses import LossComputer
@@ -211,8 +211,9 @@ class Trainer:
         self.per_rank, self.micro, self.accum = per_rank, micro, per_rank // micro
 
     def _resolve_model(self, resuming: bool) -> None:
-        """Fill the model config from preset and tokenizer; check it against a resumed run."""
+        """Fill the model config (preset, tokenizer) and data.tokenizer; check them against a resumed run."""
         cfg = self.cfg
+        cfg.data.tokenizer = resolved_tokenizer(cfg.data, self.data)
         if resuming and (self.out / "tokenizer").exists():
             from bittern.data.tokenizer import load_tokenizer
 
@@ -225,7 +226,9 @@ class Trainer:
             )
         saved = self.out / "config.toml"
         if resuming and saved.exists():
-            _check_compatible(config_from_dict(tomllib.loads(saved.read_text())), cfg)
+            old = config_from_dict(tomllib.loads(saved.read_text()))
+            old.data.tokenizer = resolved_tokenizer(old.data, self.data)  # runs saved with "" resume
+            _check_compatible(old, cfg)
         if cfg.train.seq_len > cfg.model.max_seq_len:
             raise BitternError(
                 f"train.seq_len {cfg.train.seq_len} exceeds model.max_seq_len {cfg.model.max_seq_len}"

@@ -1,5 +1,7 @@
 """Which path BitLinear takes: the reference on the CPU / when disabled / off lambda = 1, else the kernels."""
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,26 @@ def test_cpu_takes_the_reference_path(calls):
     assert not use_fast_path(model[0], _x())
     model(_x()).sum().backward()
     assert calls == []
+
+
+def test_switches_and_reference_path_need_no_triton(monkeypatch, calls):
+    """Where Triton is not installed the trainer's calls into this package work and import no kernel."""
+    kernel_modules = [name for name in sys.modules if name == "triton" or name.startswith("triton.")]
+    kernel_modules += [name for name in sys.modules if name.startswith("bittern.kernels.")]
+    for name in kernel_modules:
+        if name not in ("bittern.kernels.dispatch", "bittern.kernels.weightcache"):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
+    model = _model()
+    bittern.kernels.set_weight_cache(False)  # what the trainer calls first, on every machine
+    bittern.kernels.set_weight_cache(True)
+    assert configure(model, KernelsConfig()) == 0
+    bittern.kernels.refresh(model)
+    model(_x()).sum().backward()
+    bittern.kernels.clear_weight_cache()
+    assert calls == []
+    loaded = {name for name in sys.modules if name.startswith("bittern.kernels.")}
+    assert loaded <= {"bittern.kernels.dispatch", "bittern.kernels.weightcache"}
 
 
 def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +182,7 @@ def test_shared_input_layers_take_one_norm_pass(monkeypatch):
 
 @pytest.mark.usefixtures("fast_on_cpu")
 def test_weights_quantized_once_per_optimizer_step():
-    from bittern.kernels.weightquant import WEIGHT_CACHE
+    from bittern.kernels.weightcache import WEIGHT_CACHE
 
     model = _model()
     configure(model, KernelsConfig())

@@ -1,4 +1,4 @@
-"""BitLinear against the integer computation of DESIGN.md section 1, and its STE gradients."""
+"""BitLinear against the integer computation of docs/design.md (section 1), and its STE gradients."""
 
 import numpy as np
 import pytest

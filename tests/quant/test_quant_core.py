@@ -1,4 +1,4 @@
-"""The reference quantizers against plain numpy formulas (DESIGN.md section 1)."""
+"""The reference quantizers against plain numpy formulas (docs/design.md, section 1)."""
 
 import numpy as np
 import pytest
