@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bittern.kernels.dispatch import DEFAULT_OPTIONS, FAST_DEVICE_TYPES, OPTIONS_ATTR, lambdas_are_one
+from bittern.kernels import dispatch
 from bittern.quant.core import dequantize_activations, dequantize_weight, quantize_activations, ternarize
 
 TRITON_GRANULARITIES = ("tensor", "channel")
@@ -60,16 +60,19 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.
 
 def grouped_ternary_available(layers: Sequence[nn.Module], x: torch.Tensor) -> bool:
     """Ternary experts `layers` take the Triton kernel: CUDA (tests add "cpu"), Triton, lambda 1."""
-    if x.device.type not in FAST_DEVICE_TYPES or torch.compiler.is_compiling():
+    if x.device.type not in dispatch.FAST_DEVICE_TYPES or torch.compiler.is_compiling():
         return False
     first = layers[0]
     if first.options.granularity not in TRITON_GRANULARITIES:
         return False
-    if not getattr(first, OPTIONS_ATTR, DEFAULT_OPTIONS).enabled or first.weight_prequantized:
+    if (
+        not getattr(first, dispatch.OPTIONS_ATTR, dispatch.DEFAULT_OPTIONS).enabled
+        or first.weight_prequantized
+    ):
         return False
     from bittern.kernels.grouped_ternary import available
 
-    return available() and all(lambdas_are_one(layer) for layer in layers)
+    return available() and all(dispatch.lambdas_are_one(layer) for layer in layers)
 
 
 def _quantize_experts(w: torch.Tensor, granularity: str, gamma_multiplier: float):
