@@ -189,7 +189,8 @@ class MoE(nn.Module):
         logits = self.gate(h)
         bias = self.expert_bias if self.balance == "bias" else None
         weights, chosen, probs = route(logits, self.top_k, bias, self.normalize)
-        run = grouped_experts if self.expert_path == "grouped" else looped_experts
+        grouped = self.expert_path == "grouped" and isinstance(self.experts[0].gate_proj, nn.Linear)
+        run = grouped_experts if grouped else looped_experts  # frozen (exported) experts: the loop
         y = run(self.experts, h, weights, chosen)
         if self.shared_expert is not None:
             y = y + self.shared_expert(h)
