@@ -161,6 +161,7 @@ class DistConfig:
     packed_all_gather: bool = False  # fsdp: all-gather ternary codes, 2 bits each, not the weights
     reshard_after_forward: bool = True  # fsdp: free gathered block weights after forward (False: keep
     # them for the backward: one all-gather per micro-batch fewer, the whole bf16 model in memory)
+    expert_parallel: bool = False  # MoE: shard each layer's experts over the ranks (all-to-all dispatch)
 
 
 @dataclass
@@ -177,6 +178,7 @@ class LogConfig:
     health_every: int = 0  # ternary health stats; 0: every log.every
     histogram_every: int = 0  # latent-weight histograms; 0: 10 * log.every
     peak_tflops: float = 0.0  # for MFU; 0: looked up from the GPU name
+    moe_dead_after: int = 100  # alert when an expert gets no token for this many steps in a row; 0: off
 
 
 @dataclass

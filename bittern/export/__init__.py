@@ -17,6 +17,10 @@ GGUF_TYPES = ("TQ2_0", "TQ1_0")
 
 def export_run(run: str | Path, out: str | Path, fmt: str, gguf_type: str = "TQ2_0") -> ExportResult:
     """Export a run (or checkpoint) folder to `out` in format `fmt`."""
+    if fmt in FORMATS:
+        from bittern.export.moe import check_moe_export
+
+        check_moe_export(run, fmt)
     if fmt in ("packed", "packed-base3"):
         from bittern.export.packed import export_packed
 

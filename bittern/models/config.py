@@ -10,6 +10,7 @@ from bittern.quant.ste import STE_FORMS
 
 ARCHS = ("llama", "bitnet")
 NORM_PLACEMENTS = ("inside", "sublayer", "none")  # none: only the pre-norms (lambda 0 == the source model)
+MOE_BALANCE = ("aux_loss", "bias", "none")  # bias: DeepSeek-V3's auxiliary-loss-free balancing
 
 # Llama-style shapes; "2b" is the released BitNet b1.58 2B4T shape (gated squared ReLU).
 PRESETS: dict[str, dict] = {
@@ -58,6 +59,17 @@ class ModelConfig:
     ste: str = "detach"  # detach | function
     full_precision: list[str] = field(default_factory=list)  # extra modules kept in full precision
     init_std: float = 0.02
+    # Mixture of experts (bittern.models.moe): moe_experts > 0 swaps the dense FFN of the chosen layers
+    moe_experts: int = 0  # routed experts per MoE layer; 0: a dense model
+    moe_top_k: int = 2  # experts each token is sent to
+    moe_shared_experts: int = 0  # always-on experts (one FFN of this many expert widths), added to the routed
+    moe_ffn_dim: int = 0  # each expert's FFN width; 0: model.ffn_dim
+    moe_layers: str = "all"  # all | every_N (layers N-1, 2N-1, ...) | a comma list of layer indices
+    moe_balance: str = "aux_loss"  # aux_loss (Switch) | bias (DeepSeek-V3, loss-free) | none
+    moe_aux_loss: float = 0.01  # weight of the Switch load-balancing loss (balance = aux_loss)
+    moe_z_loss: float = 0.001  # weight of the router z-loss, mean(logsumexp(logits)^2)
+    moe_bias_rate: float = 0.001  # balance = bias: per-step update of each expert's routing bias
+    moe_norm_topk: bool = True  # renormalize the top-k routing weights to sum to 1 (Mixtral)
 
     def resolved(self, vocab_size: int | None = None) -> ModelConfig:
         """A copy with preset sizes filled in and every choice made explicit."""
@@ -96,6 +108,46 @@ class ModelConfig:
             raise BitternError("model.gamma_multiplier must be positive")
         if self.vocab_size <= 0:
             raise BitternError("model.vocab_size is unknown: set it or give a tokenizer")
+        if self.moe_experts:
+            self._validate_moe()
+
+    def _validate_moe(self) -> None:
+        if self.moe_experts < 0 or not 1 <= self.moe_top_k <= self.moe_experts:
+            raise BitternError("model.moe_top_k must be in [1, model.moe_experts]")
+        if self.moe_shared_experts < 0 or self.moe_ffn_dim < 0:
+            raise BitternError("model.moe_shared_experts and model.moe_ffn_dim must be >= 0")
+        if self.moe_balance not in MOE_BALANCE:
+            raise BitternError(f"model.moe_balance must be one of {MOE_BALANCE}, got {self.moe_balance!r}")
+        if min(self.moe_aux_loss, self.moe_z_loss, self.moe_bias_rate) < 0:
+            raise BitternError("model.moe_aux_loss, moe_z_loss and moe_bias_rate must be >= 0")
+        if self.weight_granularity == "group" and self.expert_ffn_dim % self.group_size:
+            raise BitternError(f"model.group_size {self.group_size} must divide the expert FFN width")
+        if not self.moe_layer_indices():
+            raise BitternError(f"model.moe_layers {self.moe_layers!r} selects no layer")
+
+    @property
+    def expert_ffn_dim(self) -> int:
+        return self.moe_ffn_dim or self.ffn_dim
+
+    def moe_layer_indices(self) -> list[int]:
+        """The blocks whose FFN is a mixture of experts (none for a dense model)."""
+        if not self.moe_experts:
+            return []
+        spec, n = self.moe_layers.strip(), self.n_layers
+        if spec == "all":
+            return list(range(n))
+        try:
+            if spec.startswith("every_"):
+                every = int(spec.removeprefix("every_"))
+                return list(range(every - 1, n, every)) if every > 0 else []
+            picked = sorted({int(i) for i in spec.split(",") if i.strip()})
+        except ValueError:
+            raise BitternError(
+                f"model.moe_layers must be all, every_N or a list like '1,3': {spec!r}"
+            ) from None
+        if any(not 0 <= i < n for i in picked):
+            raise BitternError(f"model.moe_layers {spec!r} names a layer outside 0..{n - 1}")
+        return picked
 
     @property
     def head_dim(self) -> int:

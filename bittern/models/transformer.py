@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bittern.models.config import ModelConfig
+from bittern.models.moe import MoE, active_params
 from bittern.nn.bitlinear import BitLinear, BitLinearOptions, apply_shared
 from bittern.nn.norm import RMSNorm
 
@@ -108,13 +109,14 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU (llama) or gated squared ReLU (bitnet): down(act(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: ModelConfig, prefix: str) -> None:
+    def __init__(self, cfg: ModelConfig, prefix: str, ffn_dim: int | None = None) -> None:
         super().__init__()
-        self.gate_proj = make_linear(cfg, f"{prefix}.gate_proj", cfg.dim, cfg.ffn_dim)
-        self.up_proj = make_linear(cfg, f"{prefix}.up_proj", cfg.dim, cfg.ffn_dim)
-        self.down_proj = make_linear(cfg, f"{prefix}.down_proj", cfg.ffn_dim, cfg.dim)
+        ffn_dim = ffn_dim or cfg.ffn_dim  # an expert's may be narrower
+        self.gate_proj = make_linear(cfg, f"{prefix}.gate_proj", cfg.dim, ffn_dim)
+        self.up_proj = make_linear(cfg, f"{prefix}.up_proj", cfg.dim, ffn_dim)
+        self.down_proj = make_linear(cfg, f"{prefix}.down_proj", ffn_dim, cfg.dim)
         sub = cfg.norm_placement == "sublayer"
-        self.ffn_sub_norm = RMSNorm(cfg.ffn_dim, cfg.norm_eps) if sub else None
+        self.ffn_sub_norm = RMSNorm(ffn_dim, cfg.norm_eps) if sub else None
         self.squared_relu = cfg.arch == "bitnet"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +135,10 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.self_attn = Attention(cfg, f"{prefix}.self_attn")
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.mlp = FeedForward(cfg, f"{prefix}.mlp")
+        if index in cfg.moe_layer_indices():
+            self.mlp = MoE(cfg, f"{prefix}.mlp", lambda name, width: FeedForward(cfg, name, width))
+        else:
+            self.mlp = FeedForward(cfg, f"{prefix}.mlp")
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, start: int = 0):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start)
@@ -210,6 +215,7 @@ class Transformer(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6N plus attention's 12 * layers * dim * seq (PaLM appendix)."""
+        """Training FLOPs per token: 6N (N active: MoE counts k experts) plus 12 * layers * dim * seq."""
         c = self.config
-        return 6 * self.num_params() + 12 * c.n_layers * c.dim * seq_len
+        inactive = self.num_params(non_embedding=False) - active_params(self)
+        return 6 * (self.num_params() - inactive) + 12 * c.n_layers * c.dim * seq_len

@@ -20,6 +20,7 @@ from torch import nn
 
 from bittern.config import InitConfig
 from bittern.convert.source import source_model_config, source_weights
+from bittern.convert.upcycle import needs_upcycle, upcycle_state_dict, upcycled_absent
 from bittern.convert.weights import copy_weights
 from bittern.errors import BitternError
 from bittern.models import ModelConfig
@@ -42,6 +43,7 @@ ARCH_FIELDS = (
     "tie_embeddings",
     "bias",
 )
+ARCH_FIELDS_MOE = ("moe_experts", "moe_top_k", "moe_shared_experts", "moe_ffn_dim", "moe_layers")
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -63,15 +65,23 @@ def validate_init(cfg: InitConfig, n_layers: int, has_source: bool) -> int:
 def init_model_config(student: ModelConfig, source: str | Path) -> ModelConfig:
     """The student's resolved ModelConfig for --init SOURCE: source's architecture, own quantization."""
     src = source_model_config(source)
-    arch = {f: getattr(src, f) for f in ARCH_FIELDS}
+    moe = tuple(f for f in ARCH_FIELDS_MOE if src.moe_experts)  # an MoE source fixes its experts
+    arch = {f: getattr(src, f) for f in ARCH_FIELDS + moe}
     norm = student.norm_placement if student.arch in (None, src.arch) else None
     return replace(student, norm_placement=norm, **arch).resolved()
 
 
 def load_init(model: nn.Module, source: str | Path) -> None:
-    """Copy the source's weights into `model` (names and shapes checked; quantizer norms may stay ones)."""
+    """Copy the source's weights into `model` (names and shapes checked; quantizer norms may stay ones).
+
+    A dense source for an MoE model is upcycled: each expert starts from the dense FFN
+    (bittern.convert.upcycle), the routers from their random init.
+    """
     w = source_weights(source)
-    copy_weights(model, w.state_dict, f"--init {w.where}", w.may_be_absent)
+    state, absent = w.state_dict, w.may_be_absent
+    if needs_upcycle(model.config, state):
+        state, absent = upcycle_state_dict(state, model.config), upcycled_absent(absent)
+    copy_weights(model, state, f"--init {w.where}", absent)
 
 
 def block_lambdas(step: int, n_layers: int, cfg: InitConfig) -> list[float]:

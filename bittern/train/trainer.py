@@ -60,6 +60,7 @@ from bittern.monitor import (
     reset_peak,
     truncate_metrics,
 )
+from bittern.monitor.moe import MoEMonitor
 from bittern.runtime import autocast, resolve_device, resolve_precision
 from bittern.train.clip import GradClipper, per_layer_grad_norms
 from bittern.train.compiling import backend as compile_backend
@@ -172,6 +173,7 @@ class Trainer:
         self.plateau = PlateauWatch(cfg.guard.plateau_patience)
         self.alerts = Alerts(grad_norm_threshold=cfg.guard.alert_grad_norm)
         self.health = TernaryHealth().attach(self.model)
+        self.moe = MoEMonitor(self.model, cfg.log.moe_dead_after)
         self.peak_flops = peak_flops(self.device, cfg.log.peak_tflops)
         self.step = self.tokens_seen = self.data_offset = 0
         self.progressive_start, self.progressive_mode = 0, cfg.progressive.schedule
@@ -348,6 +350,8 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._gradient_sync(last):
                 loss = self._micro_batch_loss(x, y)
+                if self.moe:  # the MoE layers' balancing and z-losses
+                    loss = loss + self.moe.collect(self.model)
                 if batch == g.inject_nan_step and g.inject_nan_rank in (-1, self.rank):
                     loss = loss * float("nan")  # test-only fault injection
                 scaled = loss * (alpha / self.accum)
@@ -434,6 +438,8 @@ class Trainer:
                 pack_shards(self.model)  # for the next all-gathers (one all-reduce)
             self.prev_grad_norm = grad_norm
         self.optimizer.zero_grad(set_to_none=True)
+        if self.moe:  # routing biases move only with the weights
+            self.moe.end_step(self.dist, update_bias=outcome.action == OK)
         if self.scaler:
             self.scaler.update(finite)
         self.step += 1
@@ -495,7 +501,7 @@ class Trainer:
         lr, wd = self._apply_schedules()
         outcome = self.train_step(want_layer_norms=log_due)
         self.window[0] += t.batch_size * t.seq_len
-        messages = self.alerts.check(self.step, outcome.loss, outcome.grad_norm)
+        messages = self.alerts.check(self.step, outcome.loss, outcome.grad_norm) + self.moe.alerts()
         if outcome.reason:
             messages.append(f"{outcome.action}: {outcome.reason}")
         if messages:
@@ -556,7 +562,7 @@ class Trainer:
         record |= {k: float(v) for k, v in getattr(self, "loss_parts", {}).items()}
         if health_due:
             record |= self.health.snapshot(self.model)
-        return record
+        return record | self.moe.record()
 
     def _check_plateau(self, val_loss: float) -> None:
         """After guard.plateau_patience evaluations without improvement, restart progressive λ."""

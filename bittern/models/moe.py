@@ -1,0 +1,243 @@
+"""Mixture of experts: a full-precision router sends every token to its top-k expert FFNs.
+
+Each expert is the model's own FeedForward (BitLinear projections for the ternary model,
+nn.Linear for the twin); only the router stays full precision. Dropless: every token reaches
+all k of its experts, whatever the load. Two expert paths compute the same function:
+
+- "loop": each expert's FeedForward on the tokens routed to it (the reference; BitLinear's own
+  fused path applies inside it);
+- "grouped" (default): the token copies sorted by expert, each projection one grouped GEMM over
+  all experts (bittern.kernels.grouped: torch._grouped_mm for bf16 on CUDA, the Triton
+  int8 x ternary kernel for ternary experts on CUDA, a segment loop elsewhere).
+
+Each forward leaves, for the trainer, `aux_loss` (the weighted balancing + z-loss, with its
+graph) and `stats` (detached, one row: token copies per expert, mean router probabilities,
+entropy, the balancing loss, the z-loss and a 1 that counts forwards once summed);
+`moe_aux_loss` and bittern.monitor.moe read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bittern.kernels.grouped import grouped_mm, grouped_ternary_available, grouped_ternary_linear
+from bittern.models.config import ModelConfig
+from bittern.nn.bitlinear import BitLinear
+from bittern.quant.ste import fake_quant_activations
+
+EXPERT_PATHS = ("grouped", "loop")
+
+
+def route(
+    logits: torch.Tensor, top_k: int, bias: torch.Tensor | None = None, normalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weights (N, k), experts (N, k), probs (N, E)) from router logits (N, E), in float32.
+
+    probs = softmax(logits); the k experts of highest probs + bias are chosen (the bias only
+    chooses, it never weighs: DeepSeek-V3), weighted by their probs, renormalized to sum to 1.
+    """
+    probs = logits.float().softmax(dim=-1)
+    scores = probs if bias is None else probs + bias.float()
+    experts = scores.topk(top_k, dim=-1).indices
+    weights = probs.gather(-1, experts)
+    if normalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, experts, probs
+
+
+def expert_counts(experts: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Token copies routed to each expert (float32, shape (E,)); static shape for torch.compile."""
+    flat = experts.flatten()
+    return torch.zeros(n_experts, device=flat.device).index_add_(
+        0, flat, torch.ones_like(flat, dtype=torch.float)
+    )
+
+
+def load_balancing_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Switch/GShard: E * sum_e f_e * P_e, f_e the fraction of token copies routed to e, P_e its mean prob.
+
+    1.0 when routing is uniform; the gradient reaches the router through P only.
+    """
+    f = counts / counts.sum().clamp(min=1)
+    return probs.shape[-1] * (f * probs.mean(dim=0)).sum()
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE's z-loss: mean over tokens of logsumexp(logits)^2, keeping router logits small."""
+    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+
+
+def router_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of the routing distribution's entropy (nats; log E when uniform)."""
+    return -(probs * probs.clamp(min=1e-12).log()).sum(dim=-1).mean()
+
+
+def sort_by_expert(experts: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, counts): token-copy indices sorted by expert (stable), copies per expert (int64)."""
+    flat = experts.flatten()
+    order = flat.argsort(stable=True)
+    counts = torch.zeros(n_experts, dtype=torch.long, device=flat.device)
+    return order, counts.index_add_(0, flat, torch.ones_like(flat))
+
+
+def combine(outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over each token's k expert outputs: (N * k, D) and (N, k) -> (N, D)."""
+    n, k = weights.shape
+    return (outputs.view(n, k, -1) * weights.unsqueeze(-1).to(outputs.dtype)).sum(dim=1)
+
+
+def looped_experts(experts: nn.ModuleList, x: torch.Tensor, weights, chosen) -> torch.Tensor:
+    """The reference: each expert module on its own tokens. Every expert runs (maybe on no rows)."""
+    flat, k = chosen.flatten(), chosen.shape[1]
+    outputs = None
+    for e, expert in enumerate(experts):
+        rows = (flat == e).nonzero().squeeze(1)
+        y = expert(x[rows // k])
+        if outputs is None:
+            outputs = y.new_zeros(flat.numel(), y.shape[-1])
+        outputs = outputs.index_copy(0, rows, y)
+    return combine(outputs, weights)
+
+
+def _row_norm(x: torch.Tensor, weights: torch.Tensor, rows_expert: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of each row with its expert's norm weight (bittern.nn.RMSNorm's float32 math)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weights[rows_expert] * xf.to(x.dtype)
+
+
+def grouped_linear(
+    layers: list[nn.Module], x: torch.Tensor, counts: torch.Tensor, rows_expert
+) -> torch.Tensor:
+    """Row block e of `x` (counts[e] rows, sorted by expert) through layers[e], as grouped GEMMs.
+
+    BitLinear's math exactly: per-expert RMSNorm and per-row int8 activations, per-expert
+    ternary weights, straight-through; nn.Linear (the twin) a plain grouped GEMM.
+    """
+    first = layers[0]
+    if not (isinstance(first, BitLinear) and first.quantized):
+        y = grouped_mm(x, torch.stack([layer.weight for layer in layers]), counts)
+        if first.bias is not None:
+            y = y + torch.stack([layer.bias for layer in layers])[rows_expert].to(y.dtype)
+        return y
+    if first.norm is not None:
+        norm_w = torch.stack([layer.norm.weight for layer in layers])
+        x = _row_norm(x, norm_w, rows_expert, first.norm.eps)
+    if grouped_ternary_available(layers, x):
+        y = grouped_ternary_linear(x, torch.stack([layer.weight for layer in layers]), counts, first.options)
+    else:
+        xq = fake_quant_activations(x, first.act_lambda, first.options.ste)
+        w = torch.stack([layer.quantized_weight() for layer in layers])
+        y = grouped_mm(xq, w.to(xq.dtype), counts)
+    if first.bias is not None:
+        y = y + torch.stack([layer.bias for layer in layers])[rows_expert].to(y.dtype)
+    return y
+
+
+def grouped_experts(experts: nn.ModuleList, x: torch.Tensor, weights, chosen) -> torch.Tensor:
+    """All experts as three grouped GEMMs over the token copies sorted by expert; equals `looped_experts`."""
+    k, n_experts = chosen.shape[1], len(experts)
+    order, counts = sort_by_expert(chosen, n_experts)
+    rows_expert = torch.repeat_interleave(
+        torch.arange(n_experts, device=x.device), counts, output_size=order.numel()
+    )
+    xs = x[order // k]
+    g = grouped_linear([e.gate_proj for e in experts], xs, counts, rows_expert)
+    u = grouped_linear([e.up_proj for e in experts], xs, counts, rows_expert)
+    first = experts[0]
+    h = (F.relu(g).square() if first.squared_relu else F.silu(g)) * u
+    if first.ffn_sub_norm is not None:
+        sub_w = torch.stack([e.ffn_sub_norm.weight for e in experts])
+        h = _row_norm(h, sub_w, rows_expert, first.ffn_sub_norm.eps)
+    ys = grouped_linear([e.down_proj for e in experts], h, counts, rows_expert)
+    outputs = torch.empty_like(ys).index_copy(0, order, ys)  # back to token-copy order
+    return combine(outputs, weights)
+
+
+class MoE(nn.Module):
+    """Top-k mixture of `make_expert(name, width)` FFNs with a full-precision router, plus shared experts.
+
+    `expert_bias` (balance = "bias") shifts which experts are chosen; the trainer moves it after
+    each optimizer step (`update_expert_bias`). `expert_path` picks the loop or grouped GEMMs.
+    """
+
+    def __init__(self, cfg: ModelConfig, prefix: str, make_expert: Callable[[str, int], nn.Module]) -> None:
+        super().__init__()
+        self.n_experts, self.top_k = cfg.moe_experts, cfg.moe_top_k
+        self.balance, self.normalize = cfg.moe_balance, cfg.moe_norm_topk
+        self.aux_weight = cfg.moe_aux_loss if cfg.moe_balance == "aux_loss" else 0.0
+        self.z_weight, self.bias_rate = cfg.moe_z_loss, cfg.moe_bias_rate
+        self.gate = nn.Linear(cfg.dim, self.n_experts, bias=False)  # the router (HF's name for it)
+        width = cfg.expert_ffn_dim
+        self.experts = nn.ModuleList(
+            make_expert(f"{prefix}.experts.{e}", width) for e in range(self.n_experts)
+        )
+        shared = cfg.moe_shared_experts
+        self.shared_expert = make_expert(f"{prefix}.shared_expert", shared * width) if shared else None
+        self.register_buffer("expert_bias", torch.zeros(self.n_experts))
+        self.expert_path = "grouped"
+        self.aux_loss: torch.Tensor | None = None
+        self.stats: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        h = x.reshape(-1, shape[-1])
+        logits = self.gate(h)
+        bias = self.expert_bias if self.balance == "bias" else None
+        weights, chosen, probs = route(logits, self.top_k, bias, self.normalize)
+        grouped = self.expert_path == "grouped" and isinstance(self.experts[0].gate_proj, nn.Linear)
+        run = grouped_experts if grouped else looped_experts  # frozen (exported) experts: the loop
+        y = run(self.experts, h, weights, chosen)
+        if self.shared_expert is not None:
+            y = y + self.shared_expert(h)
+        self._record(logits, probs, chosen)
+        return y.view(*shape[:-1], y.shape[-1])
+
+    def _record(self, logits: torch.Tensor, probs: torch.Tensor, chosen: torch.Tensor) -> None:
+        counts = expert_counts(chosen, self.n_experts)
+        balance, z = load_balancing_loss(probs, counts), router_z_loss(logits)
+        self.aux_loss = self.aux_weight * balance + self.z_weight * z
+        scalars = torch.stack([router_entropy(probs), balance, z, counts.new_ones(())])  # 1: one forward
+        self.stats = torch.cat([counts, probs.mean(dim=0), scalars]).detach()
+
+
+def moe_layers(model: nn.Module) -> list[tuple[str, MoE]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, MoE)]
+
+
+def moe_aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """The summed auxiliary loss of the last forward's MoE layers (None for a dense model); clears it."""
+    terms = []
+    for _, m in moe_layers(model):
+        if m.aux_loss is not None:
+            terms.append(m.aux_loss)
+            m.aux_loss = None
+    return torch.stack(terms).sum() if terms else None
+
+
+def set_expert_path(model: nn.Module, path: str) -> None:
+    """Run every MoE layer's experts as a loop (the reference) or as grouped GEMMs."""
+    if path not in EXPERT_PATHS:
+        raise ValueError(f"expert path must be one of {EXPERT_PATHS}, got {path!r}")
+    for _, m in moe_layers(model):
+        m.expert_path = path
+
+
+@torch.no_grad()
+def update_expert_bias(moe: MoE, counts: torch.Tensor, rate: float) -> None:
+    """DeepSeek-V3's loss-free balancing: b_e += rate * sign(mean load - load_e) after each step."""
+    counts = counts.to(moe.expert_bias.device, torch.float32)
+    moe.expert_bias.add_(rate * torch.sign(counts.mean() - counts))
+
+
+def active_params(model: nn.Module) -> int:
+    """Parameters one token uses: all but the (E - k) / E share of every MoE layer's routed experts."""
+    n = sum(p.numel() for p in model.parameters())
+    for _, m in moe_layers(model):
+        per_expert = sum(p.numel() for p in m.experts.parameters()) / m.n_experts
+        n -= int(per_expert * (m.n_experts - m.top_k))
+    return n
