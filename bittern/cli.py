@@ -31,14 +31,24 @@ def _train(args: argparse.Namespace, extra: list[str]) -> None:
     )
     if not result.is_main:
         return
+    import math
+
     from bittern.eval import unigram_loss
     from bittern.train.data import open_dataset
 
     baseline = unigram_loss(open_dataset(cfg.data, progress=False))
+    if result.already_complete:
+        print(
+            f"run {result.run_dir} is already complete ({result.step} of {cfg.train.steps} steps); "
+            f"nothing was trained. To train longer, add --train.steps=N (N > {result.step}) with --resume."
+        )
+    else:
+        print(f"done: {result.step} steps in {result.run_dir}")
+    whole = "" if result.val_scope.startswith("all") else f"; `bittern eval {result.run_dir}` scores all"
     print(
-        f"done: {result.step} steps in {result.run_dir}\n"
         f"validation loss {result.val_loss:.4f} | perplexity {result.val_perplexity:.2f} | "
-        f"bits/byte {result.val_bits_per_byte:.3f} (unigram baseline loss {baseline:.4f})"
+        f"bits/byte {result.val_bits_per_byte:.3f} ({result.val_scope}{whole})\n"
+        f"unigram baseline loss {baseline:.4f} | perplexity {math.exp(min(baseline, 50.0)):.2f}"
     )
 
 
@@ -74,11 +84,14 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> None:
     result = evaluate_runs(
         args.runs, args.data, args.batches, args.device, text_path=args.text, context=args.context
     )
+    from bittern.eval import scope
+
     print(f"scored on {result.source}")
     for row in [*result.rows, result.baseline]:
+        scored = scope(row) if "windows" in row else f"{row['tokens']:,} tokens"
         print(
             f"{row['run']}: loss {row['loss']:.4f} | perplexity {row['perplexity']:.2f} | "
-            f"bits/byte {row['bits_per_byte']:.3f} | {row['tokens']} tokens"
+            f"bits/byte {row['bits_per_byte']:.3f} | {scored}"
         )
     if args.report:
         print(write_report(result, args.runs, Path(args.report)))
@@ -135,7 +148,10 @@ def _convert(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bittern import __version__
+
     p = argparse.ArgumentParser(prog="bittern", description="Train 1.58-bit language models.")
+    p.add_argument("--version", action="version", version=f"bittern {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (overrides: --section.key=value)")
@@ -167,15 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.set_defaults(func=_eval)
 
-    g = sub.add_parser("generate", help="sample text from a run, a checkpoint or any export")
+    g = sub.add_parser(
+        "generate",
+        help="sample text from a run, a checkpoint or any export",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     g.add_argument("path", help="run or checkpoint folder, packed or hf export folder, or .gguf file")
-    g.add_argument("--prompt", default="\n")
-    g.add_argument("--max-new-tokens", type=int, default=200)
-    g.add_argument("--temperature", type=float, default=0.8)
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--num-samples", type=int, default=1)
-    g.add_argument("--device", default="auto")
+    g.add_argument("--prompt", default="\n", help="text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=200, help="tokens to sample")
+    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
+    g.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (0: all)")
+    g.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    g.add_argument("--num-samples", type=int, default=1, help="samples to draw")
+    g.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
     g.set_defaults(func=_generate)
 
     pl = sub.add_parser("plot", help="PNG plots of a run's metrics (loss, LR, grad norm, zero fraction)")
@@ -217,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # bare `bittern`: its help, exit 0
+        parser.print_help()
+        return 0
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "allow_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

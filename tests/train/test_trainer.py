@@ -125,3 +125,13 @@ def test_full_precision_twin_has_no_bitlinear(tiny_config, tmp_path):
     saved = (tmp_path / "run" / "config.toml").read_text()
     assert 'quant = "none"' in saved and "dim = 32" in saved
     assert json.loads((latest_checkpoint(tmp_path / "run") / "manifest.json").read_text())["step"] == 2
+
+
+def test_validation_scores_the_same_tokens_whatever_the_micro_batch(tiny_config, tmp_path):
+    vals = [
+        Trainer(tiny_config(train={"micro_batch_size": m}), tmp_path / f"m{m}", progress=False).validate()
+        for m in (1, 2, 8)
+    ]
+    for val in vals:  # train.eval_batches (4) x train.batch_size (8) windows of 32 tokens
+        assert (val["windows"], val["tokens"]) == (4 * 8, 4 * 8 * 32)
+        assert val["loss"] == pytest.approx(vals[0]["loss"], rel=1e-6)
