@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,8 +32,6 @@ def _train(args: argparse.Namespace, extra: list[str]) -> None:
     )
     if not result.is_main:
         return
-    import math
-
     from bittern.eval import unigram_loss
     from bittern.train.data import open_dataset
 
@@ -40,7 +39,7 @@ def _train(args: argparse.Namespace, extra: list[str]) -> None:
     if result.already_complete:
         print(
             f"run {result.run_dir} is already complete ({result.step} of {cfg.train.steps} steps); "
-            f"nothing was trained. To train longer, add --train.steps=N (N > {result.step}) with --resume."
+            f"nothing was trained. To train longer, rerun with --resume --train.steps=N (N > {result.step})."
         )
     else:
         print(f"done: {result.step} steps in {result.run_dir}")
@@ -76,6 +75,7 @@ def _launch_torchrun(nproc: int) -> None:
 
 
 def _eval(args: argparse.Namespace, extra: list[str]) -> None:
+    from bittern.eval import scope
     from bittern.eval.report import check_report_dir, write_report
     from bittern.eval.runs import evaluate_runs
 
@@ -84,8 +84,6 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> None:
     result = evaluate_runs(
         args.runs, args.data, args.batches, args.device, text_path=args.text, context=args.context
     )
-    from bittern.eval import scope
-
     print(f"scored on {result.source}")
     for row in [*result.rows, result.baseline]:
         scored = scope(row) if "windows" in row else f"{row['tokens']:,} tokens"

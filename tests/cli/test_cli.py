@@ -143,7 +143,7 @@ def test_a_complete_run_says_so_and_how_to_train_longer(capsys, config_file, tmp
     assert main(["train", "--config", config_file, "--out", str(run), "--resume", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert f"run {run} is already complete (4 of 4 steps); nothing was trained" in out
-    assert "--train.steps=N (N > 4) with --resume" in out and "done:" not in out
+    assert "rerun with --resume --train.steps=N (N > 4)" in out and "done:" not in out
     argv = ["train", "--config", config_file, "--out", str(run), "--resume", "--quiet", "--train.steps=6"]
     assert main(argv) == 0
     assert f"done: 6 steps in {run}" in capsys.readouterr().out
