@@ -54,7 +54,7 @@ def student_config(data: str, steps: int, extra: dict) -> dict:
             "micro_batch_size": 8,
             "seq_len": 1024,
             "eval_every": 0,
-            "eval_batches": 20,
+            "eval_batches": 10,  # x batch_size 16: the 160 windows the teacher is scored on
         },
         "optim": {"lr": 5e-4},
         "schedule": {"name": "two_stage"},

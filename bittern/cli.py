@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -35,10 +36,18 @@ def _train(args: argparse.Namespace, extra: list[str]) -> None:
     from bittern.train.data import open_dataset
 
     baseline = unigram_loss(open_dataset(cfg.data, progress=False))
+    if result.already_complete:
+        print(
+            f"run {result.run_dir} is already complete ({result.step} of {cfg.train.steps} steps); "
+            f"nothing was trained. To train longer, rerun with --resume --train.steps=N (N > {result.step})."
+        )
+    else:
+        print(f"done: {result.step} steps in {result.run_dir}")
+    whole = "" if result.val_scope.startswith("all") else f"; `bittern eval {result.run_dir}` scores all"
     print(
-        f"done: {result.step} steps in {result.run_dir}\n"
         f"validation loss {result.val_loss:.4f} | perplexity {result.val_perplexity:.2f} | "
-        f"bits/byte {result.val_bits_per_byte:.3f} (unigram baseline loss {baseline:.4f})"
+        f"bits/byte {result.val_bits_per_byte:.3f} ({result.val_scope}{whole})\n"
+        f"unigram baseline loss {baseline:.4f} | perplexity {math.exp(min(baseline, 50.0)):.2f}"
     )
 
 
@@ -66,6 +75,7 @@ def _launch_torchrun(nproc: int) -> None:
 
 
 def _eval(args: argparse.Namespace, extra: list[str]) -> None:
+    from bittern.eval import scope
     from bittern.eval.report import check_report_dir, write_report
     from bittern.eval.runs import evaluate_runs
 
@@ -76,9 +86,10 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> None:
     )
     print(f"scored on {result.source}")
     for row in [*result.rows, result.baseline]:
+        scored = scope(row) if "windows" in row else f"{row['tokens']:,} tokens"
         print(
             f"{row['run']}: loss {row['loss']:.4f} | perplexity {row['perplexity']:.2f} | "
-            f"bits/byte {row['bits_per_byte']:.3f} | {row['tokens']} tokens"
+            f"bits/byte {row['bits_per_byte']:.3f} | {scored}"
         )
     if args.report:
         print(write_report(result, args.runs, Path(args.report)))
@@ -189,7 +200,10 @@ def _convert(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bittern import __version__
+
     p = argparse.ArgumentParser(prog="bittern", description="Train 1.58-bit language models.")
+    p.add_argument("--version", action="version", version=f"bittern {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (overrides: --section.key=value)")
@@ -221,18 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.set_defaults(func=_eval)
 
-    g = sub.add_parser("generate", help="sample text from a run, a checkpoint or any export")
+    g = sub.add_parser(
+        "generate",
+        help="sample text from a run, a checkpoint or any export",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     g.add_argument("path", help="run or checkpoint folder, packed or hf export folder, or .gguf file")
-    g.add_argument("--prompt", default="\n")
-    g.add_argument("--max-new-tokens", type=int, default=200)
-    g.add_argument("--temperature", type=float, default=0.8)
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--prompt", default="\n", help="text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=200, help="tokens to sample")
+    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
+    g.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (below 1: the static decoder)")
+    g.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     g.add_argument("--num-samples", type=int, default=1, help="samples per prompt (one batch on CUDA)")
     g.add_argument("--prompt-file", help="UTF-8 file with one prompt per line, all decoded at once on CUDA")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (below 1: the static decoder)")
     g.add_argument("--no-compile", action="store_true", help="on CUDA: decode eagerly, without CUDA graphs")
-    g.add_argument("--device", default="auto")
+    g.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
     g.set_defaults(func=_generate)
 
     pl = sub.add_parser("plot", help="PNG plots of a run's metrics (loss, LR, grad norm, zero fraction)")
@@ -274,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # bare `bittern`: its help, exit 0
+        parser.print_help()
+        return 0
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "allow_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

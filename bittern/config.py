@@ -117,7 +117,8 @@ class GuardConfig:
     rollback_lr_factor: float = 0.5  # LR multiplier after each rollback
     max_rollbacks: int = 3  # then give up (exit code 3)
     plateau_patience: int = 0  # evaluations without improvement -> progressive fallback (0: off)
-    alert_grad_norm: float = 10.0
+    alert_grad_spike: float = 5.0  # alert: grad norm > this x median of its last 50 (0: off)
+    alert_grad_norm: float = 0.0  # alert: grad norm above this (0: off)
     inject_nan_step: int = -1  # test-only: make the loss of this batch index NaN
     inject_nan_rank: int = -1  # test-only: only on this rank (-1: every rank)
 
@@ -334,6 +335,7 @@ def validate(cfg: Config) -> None:
     _check(0 < cfg.loss.hard_token_ratio <= 1, "loss.hard_token_ratio must be in (0, 1]")
     _check(cfg.loss.temperature > 0, "loss.temperature must be positive")
     _check(cfg.guard.spike_action in SPIKE_ACTIONS, f"guard.spike_action must be one of {SPIKE_ACTIONS}")
+    _check(cfg.guard.alert_grad_spike >= 0 and cfg.guard.alert_grad_norm >= 0, "guard.alert_* must be >= 0")
     _check(0 <= s.warmup_frac < 1, "schedule.warmup_frac must be in [0, 1)")
     _check(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio must be in [0, 1]")
     _check(cfg.checkpoint.every >= 0 and cfg.checkpoint.keep_last >= 0, "checkpoint.* must be >= 0")

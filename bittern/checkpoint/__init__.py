@@ -8,6 +8,7 @@ from bittern.checkpoint.store import (
     load_train_state,
     load_weights,
     prune_checkpoints,
+    remove_stale_saves,
     save_checkpoint,
     verify_checkpoint,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "load_weights",
     "prepare_run_dir",
     "prune_checkpoints",
+    "remove_stale_saves",
     "save_checkpoint",
     "verify_checkpoint",
 ]

@@ -2,7 +2,9 @@
 
 A checkpoint folder `checkpoints/step_XXXXXXXX/` holds model.safetensors (latent weights),
 train_state.pt (optimizer, step, RNG, ...), config.toml and manifest.json (SHA-256 of every
-file). It counts only once COMMITTED exists; load verifies the manifest.
+file). It counts only once COMMITTED exists; load verifies the manifest. While a save is in
+flight its folder holds OWNER ("host pid" of the writing process), so the next start can tell
+the leftovers of a killed save (`remove_stale_saves`) from a save still being written.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ STATE_FILE = "train_state.pt"
 CONFIG_FILE = "config.toml"
 MANIFEST = "manifest.json"
 COMMITTED = "COMMITTED"
+OWNER = "OWNER"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -67,6 +72,7 @@ def fresh_tmp_dir(final: Path, suffix: str) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     return tmp
 
 
@@ -85,7 +91,7 @@ def follow_umask(folder: Path) -> None:
 def commit(tmp: Path, final: Path, step: int) -> Path:
     """Manifest every file of `tmp`, fsync, rename to `final`, then write the commit marker."""
     follow_umask(tmp)
-    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    files = sorted(p for p in tmp.rglob("*") if p.is_file() and p != tmp / OWNER)
     digests = {str(p.relative_to(tmp)): sha256_file(p) for p in files}
     manifest = {"format_version": FORMAT_VERSION, "step": step, "sha256": digests}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -100,8 +106,52 @@ def commit(tmp: Path, final: Path, step: int) -> Path:
     marker = final / COMMITTED
     marker.write_text(f"{step}\n")
     _fsync(marker)
+    (final / OWNER).unlink(missing_ok=True)
     _fsync(final)
     return final
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host. Not checked on Windows (os.kill would end it):
+    there a run folder's leftovers are removed as on another host's."""
+    if sys.platform == "win32":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _save_in_flight(folder: Path) -> bool:
+    """True when `folder`'s OWNER is another live process on this host (its save is not done)."""
+    try:
+        host, pid = (folder / OWNER).read_text().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return False  # no owner: a save killed before writing it, or a half-pruned checkpoint
+    return host == socket.gethostname() and pid != os.getpid() and _pid_alive(pid)
+
+
+def remove_stale_saves(run_dir: Path) -> list[Path]:
+    """Delete what dead saves left in `run_dir/checkpoints`: temporary folders and uncommitted
+    step folders whose writer is not a live process. Called by one process at the start of a run
+    (before it saves anything); returns what it removed."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    stale = [
+        p
+        for p in sorted(root.iterdir())
+        if p.is_dir()
+        and (p.name.startswith(".tmp-step_") or (p.name.startswith("step_") and not (p / COMMITTED).exists()))
+        and not _save_in_flight(p)
+    ]
+    for p in stale:
+        shutil.rmtree(p)
+    return stale
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -11,6 +11,7 @@ from bittern.distributed.setup import (
     local_device,
     mean_across_ranks,
     shutdown,
+    sum_across_ranks,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "parallelize",
     "set_gradient_sync",
     "shutdown",
+    "sum_across_ranks",
 ]

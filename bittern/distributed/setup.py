@@ -65,6 +65,15 @@ def mean_across_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value / info.world
 
 
+def sum_across_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The elementwise sum of a tensor over ranks (a copy; the input is left alone)."""
+    if not info.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
 def average_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
     """Mean of each parameter's gradient over ranks, in place (for parameters no wrapper syncs).
 

@@ -7,14 +7,85 @@ import contextlib
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bittern.data.loader import TokenDataset
+from bittern.errors import BitternError
+
+
+def val_windows(data: TokenDataset, seq_len: int) -> int:
+    """How many non-overlapping windows of seq_len (+1 target) tokens the validation split holds."""
+    n = data.num_tokens("val")
+    if seq_len < 1 or n < seq_len + 1:
+        raise BitternError(f"val split of {data.path} has {n} tokens, fewer than seq_len+1={seq_len + 1}")
+    return (n - 1) // seq_len
+
+
+def rank_share(windows: int, rank: int, world: int) -> range:
+    """Rank `rank`'s contiguous share of windows [0, windows): equal shares, the last may be short."""
+    share = -(-windows // world)
+    return range(min(rank * share, windows), min((rank + 1) * share, windows))
+
+
+def _window_batch(data: TokenDataset, seq_len: int, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = np.stack([data.read("val", i * seq_len, seq_len + 1) for i in rows]).astype(np.int64)
+    batch = torch.from_numpy(batch)
+    return batch[:, :-1], batch[:, 1:]
 
 
 @torch.no_grad()
+def score_windows(
+    model: nn.Module,
+    data: TokenDataset,
+    seq_len: int,
+    windows: range,
+    batch_size: int,
+    num_batches: int | None = None,
+    device: torch.device | str = "cpu",
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> torch.Tensor:
+    """[summed nats, tokens] (float64) of validation windows `windows`, `batch_size` at a time.
+
+    `num_batches` (>= the batches `windows` needs) runs unscored batches after them: under
+    FSDP2 every rank must call the model equally often, also when its share is shorter.
+    """
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+    for k in range(max(len(batches), num_batches or 0)):
+        rows = batches[k] if k < len(batches) else range(1)  # padding: window 0, not counted
+        x, y = (t.to(device) for t in _window_batch(data, seq_len, rows))
+        with autocast or contextlib.nullcontext():
+            logits = model(x)
+        if k < len(batches):
+            nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+            sums += torch.stack([nll.double(), torch.tensor(y.numel(), dtype=torch.float64, device=device)])
+    model.train(was_training)
+    return sums
+
+
+def figures(nats: float, tokens: int, data: TokenDataset) -> dict[str, float]:
+    """Loss per token, perplexity and bits per byte (from the split's mean bytes per token)."""
+    loss = nats / max(tokens, 1)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "bits_per_byte": loss / math.log(2) / data.bytes_per_token("val"),
+        "tokens": tokens,
+    }
+
+
+def scope(result: dict) -> str:
+    """What a validation result scored, e.g. "first 512 of 2,294 validation windows, 65,536 tokens"."""
+    n, total = result["windows"], result["val_windows"]
+    which = f"all {total:,}" if n == total else f"first {n:,} of {total:,}"
+    return f"{which} validation windows, {result['tokens']:,} tokens"
+
+
 def evaluate(
     model: nn.Module,
     data: TokenDataset,
@@ -24,26 +95,14 @@ def evaluate(
     device: torch.device | str = "cpu",
     autocast: contextlib.AbstractContextManager | None = None,
 ) -> dict[str, float]:
-    """Mean next-token cross-entropy (nats) over validation windows, its perplexity, and
-    bits per byte (total bits over the UTF-8 bytes those tokens hold, from the split's mean
-    bytes per token: comparable only between runs of the same tokenizer)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for x, y in data.val_batches(seq_len, batch_size, max_batches or None):
-        x, y = x.to(device), y.to(device)
-        with autocast or contextlib.nullcontext():
-            logits = model(x)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
-        count += y.numel()
-    model.train(was_training)
-    loss = total / max(count, 1)
-    return {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),
-        "bits_per_byte": loss / math.log(2) / data.bytes_per_token("val"),
-        "tokens": count,
-    }
+    """Mean next-token cross-entropy (nats) over the first `max_batches` x `batch_size`
+    validation windows (None: all), its perplexity, and bits per byte (total bits over the
+    UTF-8 bytes those tokens hold, from the split's mean bytes per token: comparable only
+    between runs of the same tokenizer). Also `windows` scored of `val_windows` in the split."""
+    total = val_windows(data, seq_len)
+    n = min(total, max_batches * batch_size) if max_batches else total
+    nats, tokens = score_windows(model, data, seq_len, range(n), batch_size, None, device, autocast).tolist()
+    return figures(nats, int(tokens), data) | {"windows": n, "val_windows": total}
 
 
 def rolling_windows(n: int, context: int) -> Iterator[tuple[int, int]]:

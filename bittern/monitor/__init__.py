@@ -2,7 +2,7 @@
 
 from bittern.monitor.alerts import Alerts, report
 from bittern.monitor.health import TernaryHealth, log_weight_histograms, unwrap
-from bittern.monitor.metrics import MetricsLogger, read_metrics, truncate_metrics
+from bittern.monitor.metrics import MetricsLogger, current_records, read_metrics, truncate_metrics
 from bittern.monitor.perf import memory_stats, mfu, peak_flops, reset_peak
 from bittern.monitor.plot import plot_run
 
@@ -10,6 +10,7 @@ __all__ = [
     "Alerts",
     "MetricsLogger",
     "TernaryHealth",
+    "current_records",
     "log_weight_histograms",
     "memory_stats",
     "mfu",

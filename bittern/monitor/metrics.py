@@ -1,4 +1,8 @@
-"""Metric sinks: a JSONL file (one object per logged step) mirrored to TensorBoard."""
+"""Metric sinks: a JSONL file (one object per logged step) mirrored to TensorBoard.
+
+A rollback replays steps: the records of the steps it undoes stay in metrics.jsonl, marked
+`"superseded": true`, so every step has one record that counts (`current_records`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+SUPERSEDED = "superseded"
 
 
 def _jsonable(v: Any) -> Any:
@@ -40,6 +46,14 @@ class MetricsLogger:
                 if isinstance(v, int | float) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, step)
 
+    def supersede(self, after_step: int) -> None:
+        """Mark the records after `after_step` as superseded: a rollback is about to replay those steps."""
+        if not self.enabled:
+            return
+        self._file.close()
+        mark_superseded(self.path, after_step)
+        self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
+
     def text(self, step: int, tag: str, message: str) -> None:
         """A text event (alerts) in TensorBoard."""
         if self._tb is not None:
@@ -63,11 +77,34 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def current_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records that count: those a rollback superseded left out."""
+    return [r for r in records if r.get(SUPERSEDED) is not True]
+
+
+def _rewrite(path: Path, lines: list[str]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+
+
+def mark_superseded(path: Path, after_step: int) -> None:
+    """Add `"superseded": true` to every record after `after_step`, atomically."""
+    if not path.exists():
+        return
+    lines = []
+    for line in path.read_text().splitlines():
+        if line:
+            record = json.loads(line)
+            if record["step"] > after_step and SUPERSEDED not in record:
+                line = json.dumps({**record, SUPERSEDED: True})
+            lines.append(line)
+    _rewrite(path, lines)
+
+
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop records after `last_step` (a resumed run recomputes them), atomically."""
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(path)
+    _rewrite(path, keep)

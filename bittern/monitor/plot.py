@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bittern.errors import BitternError
-from bittern.monitor.metrics import read_metrics
+from bittern.monitor.metrics import current_records, read_metrics
 
 # file stem -> (series keys, y-axis label, log scale)
 PLOTS: dict[str, tuple[tuple[str, ...], str, bool]] = {
@@ -33,7 +33,7 @@ def _number(value: Any) -> float | None:
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl, or a BitternError naming the file."""
+    """The records of metrics.jsonl that count (not superseded by a rollback); errors name the file."""
     try:
         records = read_metrics(path)
     except FileNotFoundError:
@@ -42,7 +42,7 @@ def load_records(path: Path) -> list[dict[str, Any]]:
         raise BitternError(f"cannot read metrics file {path}: {e}") from None
     if not all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in records):
         raise BitternError(f"malformed metrics file {path}: each line must be an object with an integer step")
-    return records
+    return current_records(records)
 
 
 def metric_series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

@@ -90,6 +90,10 @@ class StabilityGuard:
             return Verdict(ROLLBACK, f"{reason} ({self.bad_in_a_row} bad steps in a row)")
         return Verdict(SKIP, reason)
 
+    def skip_overflow(self) -> None:
+        """Count a step the fp16 loss scaler skipped: skipped, but not bad (no rollback follows)."""
+        self.skipped_total += 1
+
     def begin_rollback(self) -> bool:
         """Count a rollback and lower the LR; False once max_rollbacks is exceeded (give up)."""
         self.rollbacks += 1

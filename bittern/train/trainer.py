@@ -26,6 +26,7 @@ from bittern.checkpoint import (
     list_checkpoints,
     prepare_run_dir,
     prune_checkpoints,
+    remove_stale_saves,
     verify_checkpoint,
 )
 from bittern.checkpoint.sharded import load_training, save_training
@@ -40,10 +41,11 @@ from bittern.distributed import (
     parallelize,
     set_gradient_sync,
     shutdown,
+    sum_across_ranks,
 )
 from bittern.distributed.packed import check_packed_all_gather, pack_shards
 from bittern.errors import BitternError, TrainingStopped
-from bittern.eval import evaluate
+from bittern.eval import figures, rank_share, scope, score_windows, val_windows
 from bittern.kernels import configure as configure_kernels
 from bittern.kernels import refresh as refresh_kernels
 from bittern.kernels import set_weight_cache
@@ -73,7 +75,7 @@ from bittern.train.optim import apply_lr_and_wd, build_optimizer
 from bittern.train.progressive import quant_lambda
 from bittern.train.rng import rng_state, seed_everything, set_rng_state
 from bittern.train.scaling import DynamicLossScaler, alpha_scale
-from bittern.train.schedule import lr_multiplier, weight_decay_at
+from bittern.train.schedule import lr_multiplier, warmup_steps, weight_decay_at
 from bittern.train.signals import EXIT_GAVE_UP, EXIT_PREEMPTED, StopRequest
 from bittern.train.teacher import load_teacher
 
@@ -86,6 +88,8 @@ class TrainResult:
     val_perplexity: float | None
     val_bits_per_byte: float | None
     is_main: bool = True
+    val_scope: str = ""  # what the validation scored (bittern.eval.scope)
+    already_complete: bool = False  # resumed at or past train.steps: nothing was trained
 
 
 @dataclass
@@ -171,7 +175,11 @@ class Trainer:
         self.clipper = GradClipper(cfg.clip)
         self.guard = StabilityGuard(cfg.guard)
         self.plateau = PlateauWatch(cfg.guard.plateau_patience)
-        self.alerts = Alerts(grad_norm_threshold=cfg.guard.alert_grad_norm)
+        self.alerts = Alerts(
+            grad_norm_threshold=cfg.guard.alert_grad_norm,
+            grad_norm_spike=cfg.guard.alert_grad_spike,
+            quiet_until=warmup_steps(cfg.schedule, t.steps),
+        )
         self.health = TernaryHealth().attach(self.model)
         self.moe = MoEMonitor(self.model, cfg.log.moe_dead_after)
         self.peak_flops = peak_flops(self.device, cfg.log.peak_tflops)
@@ -282,11 +290,24 @@ class Trainer:
         return None
 
     def _restore_newest(self) -> Path | None:
+        """Load the newest valid checkpoint; None if the run saved none yet (it starts over).
+
+        Checkpoints that all fail to verify are an error, and stay as they are: starting over
+        is a separate decision (--overwrite). Then rank 0 clears what killed saves left and
+        drops the metrics of steps the run will compute again.
+        """
         ckpt = self._newest_valid()
+        if ckpt is None and list_checkpoints(self.out):
+            raise BitternError(
+                f"no checkpoint in {self.out / 'checkpoints'} verifies (all left as they are); "
+                "to train this run again from step 0 use --overwrite instead of --resume (deletes the run)"
+            )
         if ckpt is not None:
             self._load(ckpt)
-            if self.is_main:
-                truncate_metrics(self.out / "metrics.jsonl", self.step)
+        if self.is_main:
+            for stale in remove_stale_saves(self.out):
+                print(f"bittern: removed {stale.name}, left by a save that was killed", file=sys.stderr)
+            truncate_metrics(self.out / "metrics.jsonl", self.step)
         return ckpt
 
     def save(self) -> Path:
@@ -319,6 +340,7 @@ class Trainer:
         self._load(ckpt)
         self.guard.load_state_dict(guard_state)  # the rollback count and LR factor persist
         self.data_offset = bad_batch + 1 - self.step
+        self.logger.supersede(self.step)  # the records of the steps about to be replayed
         message = f"rolled back to step {self.step} ({reason}); LR x{self.guard.lr_factor:g}"
         self._report([message])
 
@@ -429,6 +451,7 @@ class Trainer:
         self.layer_norms = per_layer_grad_norms(self.model) if want_layer_norms else {}
         if self.scaler and not finite:
             outcome = StepOutcome(loss, grad_norm, "overflow", "fp16 overflow")
+            self.guard.skip_overflow()
         else:
             verdict = self.guard.judge(loss, math.isfinite(grad_norm))
             outcome = StepOutcome(loss, grad_norm, verdict.action, verdict.reason)
@@ -447,11 +470,19 @@ class Trainer:
         return outcome
 
     def validate(self) -> dict[str, float]:
+        """Validation figures of the same windows on any layout: the first train.eval_batches x
+        train.batch_size windows of the split (0: all), shared out over the ranks and summed."""
         t = self.cfg.train
         refresh_kernels(self.model)
-        return evaluate(
-            self.forward, self.data, t.seq_len, self.micro, t.eval_batches or None, self.device, self.autocast
+        total = val_windows(self.data, t.seq_len)
+        n = min(total, t.eval_batches * t.batch_size) if t.eval_batches else total
+        batches = -(-len(rank_share(n, 0, self.world)) // self.micro)  # rank 0 has the longest share
+        mine = rank_share(n, self.rank, self.world)
+        sums = score_windows(
+            self.forward, self.data, t.seq_len, mine, self.micro, batches, self.device, self.autocast
         )
+        nats, tokens = sum_across_ranks(sums, self.dist).tolist()
+        return figures(nats, int(tokens), self.data) | {"windows": n, "val_windows": total}
 
     # ---- the loop ----------------------------------------------------------------------
     def _due(self, every: int, step: int) -> bool:
@@ -460,6 +491,7 @@ class Trainer:
     def run(self, until: int | None = None) -> TrainResult:
         """Train to train.steps, or stop (with a checkpoint) once step `until` is done."""
         t = self.cfg.train
+        complete = self.resumed_from is not None and self.step >= t.steps
         last = self.last_step = min(t.steps, until or t.steps)
         bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc="train", unit="step")
         self.window = [0, time.perf_counter()]
@@ -485,7 +517,14 @@ class Trainer:
         if val is None:
             val = self.validate()
         return TrainResult(
-            self.out, self.step, val["loss"], val["perplexity"], val["bits_per_byte"], self.is_main
+            self.out,
+            self.step,
+            val["loss"],
+            val["perplexity"],
+            val["bits_per_byte"],
+            self.is_main,
+            scope(val),
+            complete,
         )
 
     def _iteration(self, bar) -> dict | None:
@@ -521,9 +560,13 @@ class Trainer:
                 "val_loss": val["loss"],
                 "val_perplexity": val["perplexity"],
                 "val_bits_per_byte": val["bits_per_byte"],
+                "val_tokens": val["tokens"],
             }
             if self.is_main:
-                bar.write(f"step {self.step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f}")
+                bar.write(
+                    f"step {self.step}: val loss {val['loss']:.4f}, perplexity {val['perplexity']:.2f} "
+                    f"({scope(val)})"
+                )
             self._check_plateau(val["loss"])
         if self.health and self._due(c.log.histogram_every or 10 * c.log.every, self.step):
             log_weight_histograms(self.logger, self.step, self.model)

@@ -180,3 +180,54 @@ def test_a_data_error_on_train_writes_nothing(capsys, tmp_path, dataset, damage,
     out = tmp_path / "runs" / "r"
     assert named in run_error(capsys, ["train", "--config", cfg, "--out", str(out)])
     assert not out.parent.exists()
+
+
+def test_train_and_eval_say_what_they_scored(capsys, config_file, tmp_path, dataset):
+    import math
+    import re
+
+    from bittern.data.loader import TokenDataset
+    from bittern.eval import val_windows
+
+    run = tmp_path / "run"
+    total = val_windows(TokenDataset(dataset), 32)
+    assert main(["train", "--config", config_file, "--out", str(run), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    # train.eval_batches (4) x train.batch_size (8) windows of train.seq_len (32) tokens
+    assert f"(first 32 of {total:,} validation windows, 1,024 tokens; `bittern eval {run}` scores all)" in out
+    loss, ppl = re.search(r"unigram baseline loss ([\d.]+) \| perplexity ([\d.]+)", out).groups()
+    assert float(ppl) == pytest.approx(math.exp(float(loss)), rel=1e-3)
+    assert main(["eval", str(run)]) == 0
+    assert f"| all {total:,} validation windows, {total * 32:,} tokens" in capsys.readouterr().out
+
+
+def test_a_complete_run_says_so_and_how_to_train_longer(capsys, config_file, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--config", config_file, "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--config", config_file, "--out", str(run), "--resume", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"run {run} is already complete (4 of 4 steps); nothing was trained" in out
+    assert "rerun with --resume --train.steps=N (N > 4)" in out and "done:" not in out
+    argv = ["train", "--config", config_file, "--out", str(run), "--resume", "--quiet", "--train.steps=6"]
+    assert main(argv) == 0
+    assert f"done: 6 steps in {run}" in capsys.readouterr().out
+
+
+def test_version_and_bare_help(capsys):
+    import bittern
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"bittern {bittern.__version__}"
+    assert main([]) == 0  # bare `bittern`: the help, on stdout
+    out = capsys.readouterr().out
+    assert out.startswith("usage: bittern") and "train" in out and "generate" in out
+
+
+def test_generate_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for default in ("200", "0.8", "50", "auto"):
+        assert f"(default: {default})" in out

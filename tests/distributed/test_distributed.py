@@ -14,6 +14,8 @@ import torch
 import bittern
 from bittern.checkpoint import latest_checkpoint
 from bittern.checkpoint.sharded import is_sharded
+from bittern.data.loader import TokenDataset
+from bittern.eval import val_windows
 from bittern.monitor import read_metrics
 from bittern.train import Trainer, train
 from tests.cli.test_cli import write_config
@@ -128,6 +130,36 @@ def test_data_parallel_equals_single_process(dist, tiny_config, config, tmp_path
     for (name, p), q in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
         # the same run up to float summation order (gradient all-reduce), not bit for bit
         torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        # each rank runs its 4 sequences at once, one process all 8: the same 32 windows either way
+        {"train": {"eval_batches": 4}, "dist": {"mode": "ddp"}},
+        # the whole split (an odd number of windows): rank 0 scores one window more, one batch more
+        # (rank 1 runs an unscored one: FSDP2 all-gathers in every forward)
+        {"train": {"eval_batches": 0, "micro_batch_size": 1}, "dist": {"mode": "fsdp"}},
+    ],
+    ids=["ddp-batches", "fsdp-whole-split"],
+)
+def test_validation_scores_the_same_tokens_on_two_ranks_as_on_one(
+    layout, tiny_config, config, tmp_path, dataset
+):
+    eval_batches = layout["train"]["eval_batches"]
+    single = tmp_path / "single"
+    train(tiny_config(train={"steps": 10, "eval_batches": eval_batches}), single, progress=False)
+    cfg = {"train": {"steps": 10, **layout["train"]}, "dist": layout["dist"]}
+    proc = torchrun(["train", "--config", config(**cfg), "--out", str(tmp_path / "two"), "--quiet"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (one,) = [r for r in read_metrics(single / "metrics.jsonl") if "val_loss" in r]
+    (two,) = [r for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if "val_loss" in r]
+    windows = eval_batches * 8 or val_windows(TokenDataset(dataset), 32)
+    assert eval_batches or windows % 2 == 1
+    assert one["val_tokens"] == two["val_tokens"] == windows * 32
+    # the same windows; the weights differ by float summation order only (see EXACT_STEPS):
+    # measured 1.5e-5 apart with 1 against 8 sequences per micro-batch
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])

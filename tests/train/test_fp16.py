@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from bittern.monitor import read_metrics
 from bittern.train import Trainer
 
 
@@ -26,4 +27,16 @@ def test_fp16_overflow_backs_off_then_trains(tiny_config, tmp_path):
                 scale, good = scale * 2, 0
         assert trainer.scaler.scale == scale
     assert actions[0] == "overflow" and actions.count("ok") >= 10
-    assert trainer.guard.skipped_total == 0  # overflow is the scaler's business, not a bad step
+    assert trainer.guard.skipped_total == actions.count("overflow")  # skipped steps, all of them
+    assert trainer.guard.bad_in_a_row == 0  # though not bad ones: the scaler backs off, no rollback
+
+
+def test_fp16_overflow_skips_are_logged_as_skipped_steps(tiny_config, tmp_path):
+    cfg = tiny_config(train={"precision": "fp16", "steps": 12}, loss_scale={"fp16_init": 2.0**40})
+    Trainer(cfg, tmp_path / "run", progress=False).run()
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    overflows = [r["step"] for r in records if r.get("alert") == "overflow: fp16 overflow"]
+    assert len(overflows) >= 2
+    skipped = {r["step"]: r["skipped_steps"] for r in records if "skipped_steps" in r}
+    assert skipped[12] == len(overflows)
+    assert skipped[overflows[0]] == 1

@@ -59,6 +59,26 @@ def test_repeated_nan_rolls_back_and_recovers(tiny_config, tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+def test_rollback_marks_the_replayed_steps_superseded(tiny_config, tmp_path):
+    from bittern.eval.report import _run_curves
+    from bittern.monitor.plot import load_records, metric_series
+
+    cfg = tiny_config(guard={"inject_nan_step": 12, "max_bad_steps": 1}, checkpoint={"every": 5})
+    Trainer(cfg, tmp_path / "run", progress=False).run()
+    path = tmp_path / "run" / "metrics.jsonl"
+    records = read_metrics(path)
+    superseded = [r for r in records if r.get("superseded")]
+    assert sorted({r["step"] for r in superseded}) == [11, 12, 13]  # kept, marked: what led to the rollback
+    assert any("non-finite" in r.get("alert", "") for r in superseded)
+    first, replayed = [r["loss"] for r in records if r["step"] == 11 and "loss" in r]
+    assert first != replayed  # the replay reads other batches at a lower LR
+    for counted in (load_records(path), _run_curves([str(tmp_path / "run")])[str(tmp_path / "run")][0]):
+        steps, values = metric_series(counted, "loss")
+        assert steps == list(range(1, 21))  # one loss per step: plots and `eval --report` read these
+        assert values[10] == replayed
+        assert metric_series(counted, "val_loss")[0] == [10, 20]
+
+
 def test_rollback_lr_factor_applies(tiny_config, tmp_path):
     cfg = tiny_config(
         guard={"inject_nan_step": 12, "max_bad_steps": 1},

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from bittern.checkpoint import latest_checkpoint, list_checkpoints
+from bittern.cli import EXIT_ERROR, main
+from bittern.config import load_config
 from bittern.errors import BitternError
 from bittern.monitor import read_metrics
 from bittern.train import Trainer, train
+from bittern.train.rng import seed_everything
 from bittern.train.signals import EXIT_PREEMPTED
 from tests.cli.test_cli import write_config
 from tests.conftest import tiny_config_dict
@@ -91,7 +98,10 @@ def test_kill9_during_checkpoint_write(dataset, tmp_path):
     assert proc.returncode == -9, proc.stderr
     assert [p.name for p in list_checkpoints(run)] == ["step_00000010"]  # the partial one is ignored
     assert any(p.name.startswith(".tmp-step_00000020") for p in (run / "checkpoints").iterdir())
-    assert child(config, run, "plain").returncode == 0  # the same command auto-resumes from step 10
+    rerun = child(config, run, "plain")
+    assert rerun.returncode == 0  # the same command auto-resumes from step 10
+    assert "removed .tmp-step_00000020" in rerun.stderr
+    assert not [p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith("step_")]
     straight = tmp_path / "straight"
     assert child(config, straight, "plain").returncode == 0
     assert losses(run) == losses(straight)
@@ -123,6 +133,47 @@ def test_corrupt_newest_needs_explicit_fallback(tiny_config, tmp_path):
         tiny_config(checkpoint={"every": 5, "fallback": True}), run, resume=True, progress=False
     )
     assert trainer.step == 5
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_fallback_with_no_valid_checkpoint_is_an_error_and_changes_nothing(dataset, tmp_path, capsys):
+    config = write_config(tmp_path / "c.toml", tiny_config_dict(dataset, checkpoint={"every": 5}))
+    run = tmp_path / "run"
+    Trainer(load_config(config), run, progress=False).run(until=10)
+    for ckpt in list_checkpoints(run):
+        (ckpt / "train_state.pt").write_bytes(b"corrupt")
+    before = snapshot(run)
+    argv = ["train", "--config", config, "--out", str(run), "--resume", "--fallback", "--quiet"]
+    assert main(argv) == EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("bittern: error: no checkpoint") and "--overwrite" in err[-1]
+    assert snapshot(run) == before  # metrics, config and the corrupt checkpoints as they were
+
+
+def test_resume_without_a_checkpoint_starts_over_without_duplicate_records(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    Trainer(tiny_config(checkpoint={"every": 0}), run, progress=False).run(until=6)
+    shutil.rmtree(run / "checkpoints")  # killed before its first checkpoint was committed
+    train(tiny_config(), run, resume=True, progress=False)
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+    assert steps == list(range(1, 21))
+
+
+def test_every_rng_resumes_where_it_stopped(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(checkpoint={"every": 0}), run, progress=False)
+    trainer.run(until=5)
+    np.random.random(7), random.random(), torch.rand(3)  # anything drawn during the run so far
+    trainer.save()
+    expected = np.random.random(4), np.random.standard_normal(), random.random(), torch.rand(3)
+    seed_everything(123)
+    Trainer(tiny_config(), run, resume=True, progress=False)
+    resumed = np.random.random(4), np.random.standard_normal(), random.random(), torch.rand(3)
+    assert (resumed[0] == expected[0]).all() and resumed[1:3] == expected[1:3]
+    assert torch.equal(resumed[3], expected[3])
 
 
 def test_retention_never_deletes_the_resumed_checkpoint(tiny_config, tmp_path):

@@ -166,3 +166,13 @@ def test_a_failed_check_creates_no_run_folder(tiny_config, dataset, tmp_path):
         with pytest.raises(BitternError):
             Trainer(tiny_config(**sections), tmp_path / "new" / "run")
         assert not (tmp_path / "new").exists()
+
+
+def test_validation_scores_the_same_tokens_whatever_the_micro_batch(tiny_config, tmp_path):
+    vals = [
+        Trainer(tiny_config(train={"micro_batch_size": m}), tmp_path / f"m{m}", progress=False).validate()
+        for m in (1, 2, 8)
+    ]
+    for val in vals:  # train.eval_batches (4) x train.batch_size (8) windows of 32 tokens
+        assert (val["windows"], val["tokens"]) == (4 * 8, 4 * 8 * 32)
+        assert val["loss"] == pytest.approx(vals[0]["loss"], rel=1e-6)
