@@ -34,6 +34,7 @@ import gzip
 import hashlib
 import html.parser
 import json
+import multiprocessing
 import re
 import shutil
 import subprocess
@@ -45,7 +46,7 @@ from pathlib import Path
 
 from bittern.data.text import is_text
 
-PART_MIB = 60
+PART_MIB = 56
 VOCAB_SIZE = 16384
 LINUX_CODE_DIRS = ("kernel", "mm", "fs", "net", "lib", "block", "ipc", "init", "security", "crypto")
 
@@ -191,7 +192,7 @@ def convert(path: Path, rel: str) -> tuple[str, str] | None:
     """(kind, text) of one extracted file, or None to leave it out."""
     name = path.name.lower()
     stem = name[: -len(".gz")] if name.endswith(".gz") else name
-    if stem in SKIP_NAMES or _LANG_DIR.search(rel):
+    if stem in SKIP_NAMES or _LANG_DIR.search(rel) or "/_sources/" in rel:
         return None
     if "/man/man" in rel and re.search(r"\.\d\w*(\.gz)?$", name):
         text = render_man(path)
@@ -255,8 +256,9 @@ def linux_files(root: Path) -> list[tuple[Path, str]]:
     return files
 
 
-def package_text(pkg: Package, work: Path, seen: set[str]) -> dict:
-    """Extract one package and write its kept text files; return its counts."""
+def package_text(pkg: Package, work: Path) -> dict:
+    """Extract one package and write its kept text files (each distinct text once); return its counts."""
+    seen: set[str] = set()
     out = work / "text" / pkg.name
     done = out / ".done.json"
     if done.is_file():
@@ -304,15 +306,29 @@ def package_text(pkg: Package, work: Path, seen: set[str]) -> dict:
     return counts
 
 
-def texts(work: Path) -> dict:
-    """Turn every package into text; return per-package counts."""
-    seen: set[str] = set()
+def _package_job(args: tuple[Package, Path]) -> tuple[str, dict, float]:
+    start = time.time()
+    return args[0].name, package_text(*args), time.time() - start
+
+
+def texts(work: Path, workers: int) -> dict:
+    """Turn every package into text, `workers` at a time; then drop files repeated across packages."""
     report = {}
-    for pkg in PACKAGES:
-        start = time.time()
-        report[pkg.name] = package_text(pkg, work, seen)
-        print(f"{pkg.name}: {report[pkg.name]} ({time.time() - start:.0f} s)", flush=True)
-    return report
+    with multiprocessing.Pool(workers) as pool:
+        for name, counts, seconds in pool.imap_unordered(_package_job, [(p, work) for p in PACKAGES]):
+            report[name] = counts
+            print(f"{name}: {counts} ({seconds:.0f} s)", flush=True)
+    seen: set[str] = set()
+    dropped = 0
+    for pkg in PACKAGES:  # in manifest order, so the copy kept does not depend on timing
+        for path in sorted((work / "text" / pkg.name).glob("*.txt")):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest in seen:
+                dropped += path.stat().st_size
+                path.unlink()
+            seen.add(digest)
+    report["_cross_package_duplicates_bytes"] = dropped
+    return {name: report[name] for name in sorted(report)}
 
 
 def prepare(work: Path) -> dict:
@@ -372,6 +388,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/work/corpus"))
     parser.add_argument("--stages", default="download,text,prepare")
+    parser.add_argument("--workers", type=int, default=2, help="packages converted at once")
     parser.add_argument("--pack-for-device", type=Path, help="write the packed parts into this folder")
     args = parser.parse_args()
     stages = set(args.stages.split(","))
@@ -380,7 +397,7 @@ def main() -> None:
     if "download" in stages:
         manifest["packages"] = download(args.work)
     if "text" in stages:
-        manifest["text"] = texts(args.work)
+        manifest["text"] = texts(args.work, args.workers)
     if "prepare" in stages:
         manifest["prepare"] = prepare(args.work)
     if args.pack_for_device:
