@@ -12,7 +12,7 @@ Stages (each skips work already done, so a stopped run continues):
             man pages rendered by groff; C sources of the Linux kernel as they are; English prose only
             (a stop-word test), identical files once, at most `cap_mb` MB per package
   prepare   `bittern data prepare WORK/text --tokenizer bpe --vocab-size 16384` into WORK/ds-bpe16k
-  pack      with --pack-for-device DIR: the prepared dataset as one tar, zstd -19, cut into parts of
+  pack      with --pack-for-device DIR: the prepared dataset as one tar, zstd -12 --long=27, cut into parts of
             PART_MIB MiB (each under the 64 MiB a device call carries), plus SHA256SUMS and unpack.sh
 
 Getting the data onto the GPU machine (no network there, at most 64 MiB carried per call): copy the
@@ -352,7 +352,7 @@ set -euo pipefail
 parts=$1; dest=$2
 (cd "$parts" && sha256sum -c --quiet SHA256SUMS)
 mkdir -p "$dest"
-cat "$parts"/part_* | zstd -d -c | tar -x -C "$dest" --strip-components=1
+cat "$parts"/part_* | zstd -d --long=27 -c | tar -x -C "$dest" --strip-components=1
 python3 - "$dest" <<'PY'
 import hashlib, json, pathlib, sys
 root = pathlib.Path(sys.argv[1])
@@ -374,7 +374,9 @@ def pack(dataset: Path, dest: Path) -> dict:
     archive = dest / "dataset.tar.zst"
     with tarfile.open(dest / "dataset.tar", "w") as tar:
         tar.add(dataset, arcname=dataset.name)
-    run(["zstd", "-19", "-T2", "-q", "-f", "--rm", str(dest / "dataset.tar"), "-o", str(archive)])
+    run(
+        ["zstd", "-12", "--long=27", "-T2", "-q", "-f", "--rm", str(dest / "dataset.tar"), "-o", str(archive)]
+    )
     run(["split", "-b", f"{PART_MIB}M", "-d", "-a", "2", str(archive), str(dest / "part_")])
     archive.unlink()
     parts = sorted(dest.glob("part_*"))
