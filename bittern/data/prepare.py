@@ -50,6 +50,8 @@ def prepare_dataset(
     out_dir = Path(out_dir).expanduser()
     _check_out_dir(out_dir, overwrite)
     Splitter(val_fraction, seed)  # refuse a bad fraction before reading anything
+    if tokenizer_sample_bytes <= 0:
+        raise BitternError(f"the tokenizer sample must be at least 1 byte, got {tokenizer_sample_bytes}")
     corpus = open_corpus(source, text_field, cache_dir)
     sample = _Sample(corpus, val_fraction, seed, tokenizer_sample_bytes, progress)
     tok = build_tokenizer(tokenizer, sample.texts, vocab_size)

@@ -137,6 +137,8 @@ def test_bpe_learns_from_a_sample(tmp_path, corpus_dir, corpus):
     # same split either way, and every piece still decodes exactly
     assert sorted(decoded_pieces(small, "val")) == sorted(decoded_pieces(full, "val"))
     assert sorted(decoded_pieces(small, "train") + decoded_pieces(small, "val")) == sorted(pieces_of(corpus))
+    with pytest.raises(BitternError, match="sample"):
+        prepare_dataset(str(corpus_dir), tmp_path / "x", "bpe", 600, progress=False, tokenizer_sample_bytes=0)
 
 
 def test_meta_counts_and_hashes_match_files(byte_dataset):
