@@ -3,7 +3,8 @@
 Reproducible: every package is pinned by name and version in PACKAGES below (Debian 12 "bookworm",
 main component only; doc-rfc and the GNU manuals with invariant sections are non-free and left out).
 No package whose name begins with "python" is used: those are kept for independent evaluation.
-Each run writes MANIFEST.json beside the corpus with the SHA-256 of every .deb it used.
+Each run writes MANIFEST.json beside the corpus with the SHA-256 of every .deb it used
+(benchmarks/corpus_manifest.json is the one of the measured build: 520 MB of text, 160.2M tokens).
 
 Stages (each skips work already done, so a stopped run continues):
   download  `apt-get download NAME=VERSION` into WORK/debs (a version that left the mirror is an error)
