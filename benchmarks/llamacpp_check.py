@@ -24,16 +24,16 @@ import torch.nn.functional as F
 
 import bittern
 from bittern.config import DataConfig, load_config
-from bittern.data.sources import iter_documents
-from bittern.data.split import choose_validation, iter_pieces
+from bittern.data.sources import open_corpus
+from bittern.data.split import split_pieces
 from bittern.export.gguf_export import export_gguf
 
 
 def shakespeare_validation_text() -> str:
     """The built-in corpus's validation pieces, chosen exactly as bittern's data preparation does."""
-    pieces = list(iter_pieces(iter_documents("shakespeare")))
-    val = choose_validation([len(p.encode("utf-8")) for p in pieces], DataConfig().val_fraction, seed=0)
-    return "".join(pieces[i] for i in sorted(val))
+    blocks = (b.data for b in open_corpus("shakespeare").blocks())
+    routed = split_pieces(blocks, DataConfig().val_fraction, seed=0)
+    return b"".join(r.piece for r in routed if r.split == "val").decode("utf-8", errors="replace")
 
 
 def chunks(ids: list[int], length: int, limit: int) -> list[list[int]]:

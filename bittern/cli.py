@@ -182,6 +182,7 @@ def _prepare(args: argparse.Namespace, extra: list[str]) -> None:
         text_field=args.text_field,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        tokenizer_sample_bytes=args.tokenizer_sample_mb * 1024 * 1024,
     )
     print(f"prepared {out}")
 
@@ -281,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer", default="byte", help="byte | bpe | local Hugging Face tokenizer path or .gguf"
     )
     dp.add_argument("--vocab-size", type=int, default=8192, help="for --tokenizer bpe")
+    dp.add_argument(
+        "--tokenizer-sample-mb", type=int, default=256, help="MiB of train text a BPE tokenizer learns from"
+    )
     dp.add_argument("--val-fraction", type=float, default=0.05)
     dp.add_argument("--seed", type=int, default=0)
     dp.add_argument("--text-field", default="text", help="JSONL/Parquet/HF field holding the text")

@@ -6,15 +6,15 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from bittern.data.shards import SHARD_TOKENS, ShardWriter, token_dtype
-from bittern.data.sources import DEFAULT_CACHE, iter_documents
-from bittern.data.split import PIECE_BYTES, choose_validation, cut_pieces, iter_pieces
+from bittern.data.sources import DEFAULT_CACHE, Corpus, open_corpus
+from bittern.data.split import PIECE_BYTES, SPLIT_RULE, Routed, Splitter, split_pieces
 from bittern.data.tokenizer import Tokenizer, build_tokenizer
 from bittern.errors import BitternError
 
@@ -22,7 +22,8 @@ FORMAT_VERSION = 1
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
 BUILTIN_SOURCES = ("shakespeare",)
-_ENCODE_BATCH = 64
+_ENCODE_BATCH_BYTES = 2 * 1024 * 1024
+TOKENIZER_SAMPLE_BYTES = 256 * 1024 * 1024
 
 
 def prepare_dataset(
@@ -37,19 +38,23 @@ def prepare_dataset(
     cache_dir: Path | None = None,
     progress: bool = True,
     shard_tokens: int = SHARD_TOKENS,
+    tokenizer_sample_bytes: int = TOKENIZER_SAMPLE_BYTES,
 ) -> Path:
     """Tokenize `source` into `out_dir` (train/val shards, meta.json, tokenizer/); return it.
 
-    The split depends only on the corpus and `seed`; a BPE tokenizer is trained on the train
-    pieces only. The dataset is built in a temporary sibling folder and renamed into place.
+    Streams: the corpus is read block by block (once to train a BPE tokenizer on a sample of the
+    train pieces, once to tokenize), tokenized in batches and written shard by shard, so memory
+    does not grow with the corpus. The split depends only on each piece's bytes and `seed`. The
+    dataset is built in a temporary sibling folder and renamed into place.
     """
     out_dir = Path(out_dir).expanduser()
     _check_out_dir(out_dir, overwrite)
-    documents = lambda: iter_documents(source, text_field, cache_dir)
-    piece_bytes, num_documents = _measure(documents())
-    val = choose_validation(piece_bytes, val_fraction, seed)
-    train_texts = lambda: (p for i, p in enumerate(iter_pieces(documents())) if i not in val)
-    tok = build_tokenizer(tokenizer, train_texts, vocab_size)
+    Splitter(val_fraction, seed)  # refuse a bad fraction before reading anything
+    if tokenizer_sample_bytes <= 0:
+        raise BitternError(f"the tokenizer sample must be at least 1 byte, got {tokenizer_sample_bytes}")
+    corpus = open_corpus(source, text_field, cache_dir)
+    sample = _Sample(corpus, val_fraction, seed, tokenizer_sample_bytes, progress)
+    tok = build_tokenizer(tokenizer, sample.texts, vocab_size)
     if tok.eos_id is None:
         raise BitternError(f"tokenizer {tokenizer!r} has no EOS token to separate documents")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -57,9 +62,10 @@ def prepare_dataset(
     tmp.chmod(0o755)  # mkdtemp makes it private; the finished dataset is an ordinary folder
     try:
         tok.save(tmp / "tokenizer")
-        bar = tqdm(total=num_documents, unit="doc", desc="tokenizing", disable=not progress)
-        with bar:
-            splits = _write_splits(documents(), val, tok, tmp, shard_tokens, bar.update)
+        reader = _Reader(corpus, "tokenizing", progress)
+        with reader.bar:
+            pieces = split_pieces(reader.blocks(), val_fraction, seed)
+            splits = _write_splits(pieces, tok, tmp, shard_tokens)
         meta = {
             "format_version": FORMAT_VERSION,
             "source": source,
@@ -71,7 +77,9 @@ def prepare_dataset(
             "seed": seed,
             "val_fraction": val_fraction,
             "piece_bytes": PIECE_BYTES,
-            "documents": num_documents,
+            "split_rule": SPLIT_RULE,
+            "tokenizer_sample_bytes": sample.taken if tokenizer == "bpe" else None,
+            "documents": reader.documents,
             "splits": splits,
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -90,50 +98,88 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise BitternError(f"output folder is not empty: {out_dir} (pass --overwrite to replace it)")
 
 
-def _measure(documents: Iterator[str]) -> tuple[list[int], int]:
-    """UTF-8 sizes of all pieces, and the number of documents."""
-    sizes: list[int] = []
-    count = 0
-    for text in documents:
-        count += 1
-        sizes.extend(len(p.encode("utf-8")) for p in cut_pieces(text))
-    return sizes, count
+class _Reader:
+    """Reads a corpus's blocks behind a progress bar (with ETA when the size is known), counting documents."""
+
+    def __init__(self, corpus: Corpus, desc: str, progress: bool) -> None:
+        self.corpus = corpus
+        self.documents = 0
+        unit_scale = corpus.unit == "B"
+        self.bar = tqdm(
+            total=corpus.total, unit=corpus.unit, unit_scale=unit_scale, desc=desc, disable=not progress
+        )
+
+    def blocks(self) -> Iterator[bytes]:
+        """The corpus's text blocks; the bar advances as each one is consumed."""
+        for block in self.corpus.blocks():
+            self.documents += block.starts_document
+            yield block.data
+            self.bar.update(block.advance)
 
 
-def _write_splits(
-    documents: Iterator[str],
-    val: set[int],
-    tok: Tokenizer,
-    directory: Path,
-    shard_tokens: int,
-    advance: Callable[[int], object],
-) -> dict:
-    """Tokenize every piece (EOS appended) into its split's shards; return per-split stats."""
+class _Sample:
+    """The train pieces a BPE tokenizer learns from: all of them, or about `limit` bytes of them.
+
+    With the corpus size known in bytes, the sample is the train pieces whose hash position is
+    in the lowest `limit / total` of the train range, which spreads it over the whole corpus;
+    otherwise (a streamed dataset) it is the first `limit` bytes of train pieces.
+    """
+
+    def __init__(self, corpus: Corpus, val_fraction: float, seed: int, limit: int, progress: bool) -> None:
+        self.corpus = corpus
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.limit = limit
+        self.progress = progress
+        self.taken = 0
+
+    def texts(self) -> Iterator[str]:
+        """Decoded sample pieces, in corpus order."""
+        self.taken = 0
+        rate = 1.0
+        if self.corpus.unit == "B" and self.corpus.total:
+            rate = min(1.0, self.limit / self.corpus.total)
+        cutoff = self.val_fraction + rate * (1.0 - self.val_fraction)
+        reader = _Reader(self.corpus, "tokenizer sample", self.progress)
+        with reader.bar:
+            for routed in split_pieces(reader.blocks(), self.val_fraction, self.seed):
+                if routed.split != "train" or routed.position >= cutoff:
+                    continue
+                self.taken += len(routed.piece)
+                yield routed.piece.decode("utf-8", errors="replace")
+                if self.taken >= self.limit:
+                    return
+
+
+def _write_splits(pieces: Iterator[Routed], tok: Tokenizer, directory: Path, shard_tokens: int) -> dict:
+    """Tokenize every piece (EOS appended) in batches into its split's shards; return per-split stats."""
     dtype = token_dtype(tok.vocab_size)
     writers = {s: ShardWriter(directory, s, dtype, shard_tokens) for s in SPLITS}
     stats = {s: {"bytes": 0, "pieces": 0} for s in SPLITS}
-    index = 0
-    batch: list[tuple[str, str]] = []
-    for text in documents:
-        for piece in cut_pieces(text):
-            batch.append(("val" if index in val else "train", piece))
-            index += 1
-        if len(batch) >= _ENCODE_BATCH:
+    batch: list[Routed] = []
+    size = 0
+    for routed in pieces:
+        batch.append(routed)
+        size += len(routed.piece)
+        if size >= _ENCODE_BATCH_BYTES:
             _flush(batch, tok, writers, stats)
-            batch = []
-        advance(1)
+            batch, size = [], 0
     _flush(batch, tok, writers, stats)
     return {s: {"tokens": writers[s].num_tokens, **stats[s], "shards": writers[s].close()} for s in SPLITS}
 
 
-def _flush(batch: list[tuple[str, str]], tok: Tokenizer, writers: dict, stats: dict) -> None:
-    """Encode a batch of (split, piece) pairs and append each piece's tokens plus EOS."""
-    encoded = tok.encode_batch([piece for _, piece in batch])
-    for (split, piece), ids in zip(batch, encoded, strict=True):
-        ids.append(tok.eos_id)
-        writers[split].write(np.asarray(ids, dtype=np.int64))
-        stats[split]["bytes"] += len(piece.encode("utf-8"))
-        stats[split]["pieces"] += 1
+def _flush(batch: list[Routed], tok: Tokenizer, writers: dict, stats: dict) -> None:
+    """Encode a batch of pieces and append each one's tokens plus EOS to its split."""
+    encoded = tok.encode_batch([r.piece.decode("utf-8", errors="replace") for r in batch])
+    flat: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for routed, ids in zip(batch, encoded, strict=True):
+        flat[routed.split] += ids
+        flat[routed.split].append(tok.eos_id)
+        stats[routed.split]["bytes"] += len(routed.piece)
+        stats[routed.split]["pieces"] += 1
+    for split, ids in flat.items():
+        if ids:
+            writers[split].write(np.asarray(ids, dtype=np.int64))
 
 
 def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
@@ -152,7 +198,7 @@ def builtin_dataset_dir(
     source: str, tokenizer: str, vocab_size: int, val_fraction: float, seed: int, root: Path
 ) -> Path:
     """Cache folder whose name encodes every parameter of a built-in dataset."""
-    params = [FORMAT_VERSION, source, tokenizer, vocab_size, val_fraction, seed, PIECE_BYTES]
+    params = [FORMAT_VERSION, source, tokenizer, vocab_size, val_fraction, seed, PIECE_BYTES, SPLIT_RULE]
     digest = hashlib.sha256(json.dumps(params).encode()).hexdigest()[:10]
     kind = tokenizer if tokenizer in ("byte", "bpe") else "hf"
     vocab = f"{vocab_size}" if tokenizer == "bpe" else ""
@@ -177,7 +223,7 @@ def ensure_builtin_dataset(
     root = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE.expanduser()
     out_dir = builtin_dataset_dir(source, tokenizer, vocab_size, val_fraction, seed, root)
     expected = {"format_version": FORMAT_VERSION, "source": source, "seed": seed}
-    expected["val_fraction"] = val_fraction
+    expected.update(val_fraction=val_fraction, split_rule=SPLIT_RULE)
     if _meta_matches(out_dir, expected):
         return out_dir
     try:
