@@ -17,8 +17,11 @@ from bittern.errors import BitternError
 
 @pytest.fixture
 def copy(tmp_path, byte_dataset):
-    """A private copy of the prepared byte dataset, free to corrupt."""
-    return shutil.copytree(byte_dataset, tmp_path / "copy")
+    """A private copy of the prepared byte dataset, free to corrupt, with no verdicts recorded yet
+    (other tests' opens of the shared dataset record theirs in it)."""
+    return shutil.copytree(
+        byte_dataset, tmp_path / "copy", ignore=shutil.ignore_patterns(shards.VERIFIED_FILE)
+    )
 
 
 @pytest.fixture
