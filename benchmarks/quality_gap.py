@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ import torch
 
 from benchmarks.common import header, run_one, write_json
 from bittern.eval.runs import evaluate_runs
+from bittern.monitor import read_metrics
 
 TWIN_LR = ["--optim.lr=1e-3", "--schedule.name=cosine"]
 
@@ -60,6 +62,17 @@ def recipes(steps: int) -> dict[str, dict]:
     out = {name: {"args": args, "teacher": None} for name, args in r.items()}
     out["late75_distill"] = {"args": [*r["late75"], "--loss.distill=0.5"], "teacher": "twin"}
     out["ternary_distill"] = {"args": [*r["ternary"], "--loss.distill=0.5"], "teacher": "twin"}
+    return out
+
+
+def phase_speeds(run: Path) -> dict:
+    """Median tokens/s of the logged intervals at lambda 0 and at lambda 1 (the first two dropped)."""
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "tokens_per_sec" in r][2:]
+    out = {}
+    for name, lam in (("tokens_per_sec_lambda0", 0.0), ("tokens_per_sec_lambda1", 1.0)):
+        speeds = [r["tokens_per_sec"] for r in records if r.get("quant_lambda") == lam]
+        if speeds:
+            out[name] = statistics.median(speeds)
     return out
 
 
@@ -117,7 +130,7 @@ def main() -> int:
                 extra.append(f"--loss.teacher={root / recipe['teacher']}")
             try:
                 row |= run_one(args.config, [*base, *extra], root / name)
-                row |= score(root / name, args.text)
+                row |= phase_speeds(root / name) | score(root / name, args.text)
                 row["gpu_hours"] = row["wall_s"] / 3600 if torch.cuda.is_available() else 0.0
                 if teacher:
                     row["gpu_hours_with_teacher"] = row["gpu_hours"] + teacher["gpu_hours"]
