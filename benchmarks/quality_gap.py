@@ -59,8 +59,13 @@ def recipes(steps: int) -> dict[str, dict]:
         "late75_wd0": [*TWIN_LR, *late(0.75, 0.05, steps), "--optim.weight_decay=0"],
         "late75_channel": [*TWIN_LR, *late(0.75, 0.05, steps), "--model.weight_granularity=channel"],
     }
+    r["late75_lr2e-3"] = ["--optim.lr=2e-3", "--schedule.name=cosine", *late(0.75, 0.05, steps)]
     out = {name: {"args": args, "teacher": None} for name, args in r.items()}
     out["late75_distill"] = {"args": [*r["late75"], "--loss.distill=0.5"], "teacher": "twin"}
+    out["late75_lr2e-3_distill"] = {
+        "args": [*r["late75_lr2e-3"], "--loss.distill=0.5"],
+        "teacher": "twin_lr2x",
+    }
     out["ternary_distill"] = {"args": [*r["ternary"], "--loss.distill=0.5"], "teacher": "twin"}
     return out
 
