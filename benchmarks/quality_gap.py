@@ -9,8 +9,9 @@ a distillation run's GPU-hours include its teacher's training.
     PYTHONPATH=. python benchmarks/quality_gap.py --config configs/quality-small.toml \
         --data DATA --text EVAL.txt --out r.json --recipes twin,ternary,late75 -- --train.steps=400
 
-Recipes are named in RECIPES below; `twin` runs first when asked for, as the reference and as the
-teacher of the distillation recipes. `--deadline` skips recipes that would not finish in time.
+Recipes are named in RECIPES below; `twin` runs first when asked for, as the reference, with the
+teachers of the distillation recipes (added when not asked for). `--deadline` skips recipes
+that would not finish in time.
 """
 
 from __future__ import annotations
@@ -111,9 +112,9 @@ def main() -> int:
     unknown = [n for n in names if n not in table]
     if unknown:
         p.error(f"unknown recipes {unknown}; known: {sorted(table)}")
-    if any(table[n]["teacher"] for n in names) and "twin" not in names:
-        names.insert(0, "twin")
-    names.sort(key=lambda n: n != "twin")  # the twin first: the reference and the teacher
+    teachers = [t for t in dict.fromkeys(table[n]["teacher"] for n in names) if t and t not in names]
+    names = teachers + names
+    names.sort(key=lambda n: n not in ("twin", *teachers))  # twins first: the reference and the teachers
     base = [f"--data.path={args.data}", f"--train.steps={args.steps}", *overrides]
     report = header(args.config) | {"data": args.data, "text": args.text, "overrides": base, "runs": {}}
     start = time.perf_counter()
