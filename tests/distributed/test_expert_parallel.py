@@ -172,6 +172,58 @@ def test_expert_parallel_training_equals_single_process(tiny_config, config, tmp
             torch.testing.assert_close(two_state[name][key], value, atol=1e-4, rtol=1e-4, msg=(name, key))
 
 
+# Each rank writes the weights and optimizer state it restored, by name.
+RESTORED = """
+import sys
+import torch
+from bittern.cli import main
+from bittern.train.trainer import Trainer
+real_init = Trainer.__init__
+def init(self, *a, **k):
+    real_init(self, *a, **k)
+    names = {id(p): n for n, p in self.model.named_parameters()}
+    optim = {names[id(p)]: {k: v.clone() for k, v in s.items()} for p, s in self.optimizer.state.items()}
+    model = {k: v.clone() for k, v in self.model.state_dict().items()}
+    state = {"model": model, "optim": optim, "params": list(names.values())}
+    torch.save(state, str(self.out / f"restored_rank{self.rank}.pt"))
+Trainer.__init__ = init
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_one_process_checkpoint_resumes_expert_parallel(tiny_config, config, tmp_path):  # noqa: F811
+    cfg = {
+        "model": MOE,
+        "train": {"micro_batch_size": 2, "steps": 8, "eval_every": 0},
+        "checkpoint": {"every": 4},
+        "dist": {"mode": "ddp", "expert_parallel": True},
+    }
+    run, script = tmp_path / "run", tmp_path / "restored.py"
+    trainer = Trainer(tiny_config(**cfg), run, progress=False)
+    trainer.run(until=4)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    saved_optim = {names[id(p)]: s for p, s in trainer.optimizer.state.items()}
+    saved = trainer.model.state_dict()
+    trainer.close()
+    script.write_text(RESTORED)
+    proc = torchrun(
+        ["train", "--config", config(**cfg), "--out", str(run), "--resume", "--quiet"], str(script)
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank, held in ((0, ("0", "1")), (1, ("2", "3"))):
+        restored = torch.load(run / f"restored_rank{rank}.pt")
+        experts = {k.split(".experts.")[1].split(".")[0] for k in restored["model"] if ".experts." in k}
+        assert experts == set(held)
+        assert restored["model"].keys() <= saved.keys()
+        for name, tensor in restored["model"].items():  # every tensor this rank holds, exactly as saved
+            assert torch.equal(tensor, saved[name]), (rank, name)
+        assert restored["optim"].keys() == set(restored["params"])  # the state of every parameter held
+        for name, state in restored["optim"].items():
+            for key, value in state.items():
+                assert torch.equal(value, saved_optim[name][key]), (rank, name, key)
+    assert max(losses(run)) == 8
+
+
 @pytest.mark.parametrize(
     ("dist", "model", "message"),
     [
