@@ -242,9 +242,13 @@ def update_expert_bias(moe: MoE, counts: torch.Tensor, rate: float) -> None:
 
 
 def active_params(model: nn.Module) -> int:
-    """Parameters one token uses: all but the (E - k) / E share of every MoE layer's routed experts."""
+    """Parameters one token uses: all but the routed experts past k of every MoE layer.
+
+    Under expert parallelism a rank holds only some experts: counted from those it holds.
+    """
     n = sum(p.numel() for p in model.parameters())
     for _, m in moe_layers(model):
-        per_expert = sum(p.numel() for p in m.experts.parameters()) / m.n_experts
-        n -= int(per_expert * (m.n_experts - m.top_k))
+        held = len(list(m.experts.children()))  # all E, or this rank's E / world
+        per_expert = sum(p.numel() for p in m.experts.parameters()) / held
+        n -= int(per_expert * (held - m.top_k))
     return n

@@ -26,7 +26,7 @@ import sys
 import torch, torch.distributed as dist
 from bittern.distributed.expert_parallel import expert_parameters, shard_experts
 from bittern.models import ModelConfig
-from bittern.models.moe import MoE
+from bittern.models.moe import MoE, active_params
 from bittern.models.transformer import FeedForward
 
 skewed = sys.argv[1] == "skewed"
@@ -71,6 +71,7 @@ local = [str(e) for e in range(4)][rank * 2 : rank * 2 + 2]
 assert [n for n, _ in ep.experts.named_children()] == local, list(ep.experts.named_children())
 assert all(n.startswith(tuple(f"experts.{e}." for e in local)) for n in names), names
 assert len(expert_parameters(ep)) == len(list(ep.experts.parameters())) > 0
+assert active_params(ep) == active_params(ref)  # what MFU counts, from the experts held
 torch.testing.assert_close(y, ref_y[rank], rtol=1e-5, atol=1e-6)
 torch.testing.assert_close(x.grad, ref_x[rank].grad * world, rtol=1e-5, atol=1e-6)
 ref_params = dict(ref.named_parameters())
