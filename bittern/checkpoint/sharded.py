@@ -105,12 +105,29 @@ def load_training(
         path = Path(ckpt) / rng_file(info.rank)
         rng = torch.load(path, weights_only=True) if path.exists() else None
         return state, rng
-    if _is_sharded_model(plain):
+    optim = state["optimizer"]
+    if holds_some_experts(plain):  # expert parallelism: this rank's experts of the full checkpoint
+        own = set(plain.state_dict())
+        plain.load_state_dict({k: v for k, v in _full_weights(ckpt, plain).items() if k in own})
+        optim = _restrict_optimizer(optim, own)
+    elif _is_sharded_model(plain):
         set_model_state_dict(model, _full_weights(ckpt, plain), options=FULL)
     else:
         load_weights(ckpt, plain)
-    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=FULL)
+    set_optimizer_state_dict(model, optimizer, optim, options=FULL)
     return state, state["rng"]
+
+
+def holds_some_experts(plain: nn.Module) -> bool:
+    from bittern.distributed.expert_parallel import ExpertShard
+
+    return any(isinstance(m, ExpertShard) for m in plain.modules())
+
+
+def _restrict_optimizer(optim: dict, names: set[str]) -> dict:
+    """A full optimizer state (keyed by parameter name) cut down to the parameters `names`."""
+    groups = [{**g, "params": [p for p in g["params"] if p in names]} for g in optim["param_groups"]]
+    return {"state": {k: v for k, v in optim["state"].items() if k in names}, "param_groups": groups}
 
 
 def _is_sharded_model(plain: nn.Module) -> bool:

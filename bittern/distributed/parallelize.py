@@ -1,4 +1,5 @@
-"""Apply data parallelism to a finished model from the outside: DDP or FSDP2 (fully_shard per block).
+"""Apply data parallelism to a finished model from the outside: DDP or FSDP2 (fully_shard per block),
+and expert parallelism under DDP.
 
 The model never imports this module. FSDP2 gathers each block's full weights before its
 forward, so BitLinear's absmean scale is always computed over the whole weight, never a shard.
@@ -11,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bittern.distributed.expert_parallel import shard_experts
 from bittern.distributed.packed import install, pack_shards
 from bittern.errors import BitternError
 
@@ -25,6 +27,7 @@ def parallelize(
     param_dtype: torch.dtype | None,
     packed: bool = False,
     reshard_after_forward: bool = True,
+    expert_parallel: bool = False,
 ) -> nn.Module:
     """DDP- or FSDP2-wrap `model` over the default process group; return the module to call.
 
@@ -33,6 +36,8 @@ def parallelize(
     `reshard_after_forward` (FSDP2 only): False keeps each block's gathered weights from its
     forward to its backward instead of gathering them again.
     """
+    if expert_parallel and mode != "ddp":
+        raise BitternError(f"dist.expert_parallel needs dist.mode = 'ddp', not {mode!r}")
     if packed and mode != "fsdp":
         raise BitternError(f"dist.packed_all_gather needs dist.mode = 'fsdp', not {mode!r}")
     if mode == "ddp":
@@ -44,6 +49,10 @@ def parallelize(
         torch._dynamo.config.optimize_ddp = False
 
         ids = [device.index] if device.type == "cuda" else None
+        if expert_parallel:  # its own group: its all-to-alls never queue behind DDP's all-reduces
+            group = dist.new_group()
+            local = shard_experts(model, dist.get_rank(), dist.get_world_size(), group)
+            DDP._set_params_and_buffers_to_ignore_for_model(model, local)
         return DDP(model, device_ids=ids, bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=True)
     if mode == "fsdp":
         return _fully_shard(model, param_dtype, dist.get_world_size() if packed else 0, reshard_after_forward)

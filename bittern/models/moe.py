@@ -18,7 +18,7 @@ entropy, the balancing loss, the z-loss and a 1 that counts forwards once summed
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -138,14 +138,11 @@ def grouped_linear(
     return y
 
 
-def grouped_experts(experts: nn.ModuleList, x: torch.Tensor, weights, chosen) -> torch.Tensor:
-    """All experts as three grouped GEMMs over the token copies sorted by expert; equals `looped_experts`."""
-    k, n_experts = chosen.shape[1], len(experts)
-    order, counts = sort_by_expert(chosen, n_experts)
+def grouped_rows(experts: Sequence[nn.Module], xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Rows sorted by expert (counts[e] of them for experts[e]) through their FFNs, as three grouped GEMMs."""
     rows_expert = torch.repeat_interleave(
-        torch.arange(n_experts, device=x.device), counts, output_size=order.numel()
+        torch.arange(len(experts), device=xs.device), counts, output_size=xs.shape[0]
     )
-    xs = x[order // k]
     g = grouped_linear([e.gate_proj for e in experts], xs, counts, rows_expert)
     u = grouped_linear([e.up_proj for e in experts], xs, counts, rows_expert)
     first = experts[0]
@@ -153,7 +150,14 @@ def grouped_experts(experts: nn.ModuleList, x: torch.Tensor, weights, chosen) ->
     if first.ffn_sub_norm is not None:
         sub_w = torch.stack([e.ffn_sub_norm.weight for e in experts])
         h = _row_norm(h, sub_w, rows_expert, first.ffn_sub_norm.eps)
-    ys = grouped_linear([e.down_proj for e in experts], h, counts, rows_expert)
+    return grouped_linear([e.down_proj for e in experts], h, counts, rows_expert)
+
+
+def grouped_experts(experts: nn.ModuleList, x: torch.Tensor, weights, chosen) -> torch.Tensor:
+    """All experts as three grouped GEMMs over the token copies sorted by expert; equals `looped_experts`."""
+    k = chosen.shape[1]
+    order, counts = sort_by_expert(chosen, len(experts))
+    ys = grouped_rows(list(experts), x[order // k], counts)
     outputs = torch.empty_like(ys).index_copy(0, order, ys)  # back to token-copy order
     return combine(outputs, weights)
 
@@ -189,9 +193,12 @@ class MoE(nn.Module):
         logits = self.gate(h)
         bias = self.expert_bias if self.balance == "bias" else None
         weights, chosen, probs = route(logits, self.top_k, bias, self.normalize)
-        grouped = self.expert_path == "grouped" and isinstance(self.experts[0].gate_proj, nn.Linear)
-        run = grouped_experts if grouped else looped_experts  # frozen (exported) experts: the loop
-        y = run(self.experts, h, weights, chosen)
+        if isinstance(self.experts, nn.ModuleList):
+            grouped = self.expert_path == "grouped" and isinstance(self.experts[0].gate_proj, nn.Linear)
+            run = grouped_experts if grouped else looped_experts  # frozen (exported) experts: the loop
+            y = run(self.experts, h, weights, chosen)
+        else:  # experts held elsewhere run themselves (bittern.distributed.expert_parallel.ExpertShard)
+            y = self.experts(h, weights, chosen)
         if self.shared_expert is not None:
             y = y + self.shared_expert(h)
         self._record(logits, probs, chosen)
@@ -235,9 +242,13 @@ def update_expert_bias(moe: MoE, counts: torch.Tensor, rate: float) -> None:
 
 
 def active_params(model: nn.Module) -> int:
-    """Parameters one token uses: all but the (E - k) / E share of every MoE layer's routed experts."""
+    """Parameters one token uses: all but the routed experts past k of every MoE layer.
+
+    Under expert parallelism a rank holds only some experts: counted from those it holds.
+    """
     n = sum(p.numel() for p in model.parameters())
     for _, m in moe_layers(model):
-        per_expert = sum(p.numel() for p in m.experts.parameters()) / m.n_experts
-        n -= int(per_expert * (m.n_experts - m.top_k))
+        held = len(list(m.experts.children()))  # all E, or this rank's E / world
+        per_expert = sum(p.numel() for p in m.experts.parameters()) / held
+        n -= int(per_expert * (held - m.top_k))
     return n

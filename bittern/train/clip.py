@@ -35,6 +35,16 @@ def global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm(grads, 2.0).float()
 
 
+def split_norm(grads: list[torch.Tensor], split: list[torch.Tensor]) -> torch.Tensor:
+    """The global norm of `grads` when the `split` among them differ by rank: sqrt(replicated^2 +
+    the split ones' squares summed over the ranks)."""
+    ids = {id(g) for g in split}
+    same = global_norm([g for g in grads if id(g) not in ids]).square()
+    own = global_norm(split).square().to(same.device)
+    dist.all_reduce(own)
+    return (same + own).sqrt()
+
+
 def _scale_to(grads: list[torch.Tensor], norm: torch.Tensor, threshold: torch.Tensor | float) -> None:
     """Scale `grads` by min(1, threshold / (norm + eps)) in place (the clip_grad_norm_ rule)."""
     if not grads:
@@ -50,11 +60,15 @@ class GradClipper:
         self.cfg = cfg
         self.history: deque[torch.Tensor] = deque(maxlen=max(1, cfg.adaptive_window))
 
-    def clip(self, parameters: Iterable[torch.Tensor]) -> dict:
-        """Clip in place; returns {"grad_norm": pre-clip global L2 norm, "clip_threshold": ...}."""
+    def clip(self, parameters: Iterable[torch.Tensor], split: Iterable[torch.Tensor] = ()) -> dict:
+        """Clip in place; returns {"grad_norm": pre-clip global L2 norm, "clip_threshold": ...}.
+
+        `split`: those of `parameters` that every rank holds different ones of (expert
+        parallelism); their squared norms are summed over the ranks (every rank must call).
+        """
         grads = _grads(parameters)
         mode, cfg = self.cfg.mode, self.cfg
-        norm = global_norm(grads)
+        norm = global_norm(grads) if not split else split_norm(grads, _grads(split))
         if mode == "norm":
             threshold = cfg.max_norm
             _scale_to(grads, norm, threshold)

@@ -43,6 +43,7 @@ from bittern.distributed import (
     shutdown,
     sum_across_ranks,
 )
+from bittern.distributed.expert_parallel import check_expert_parallel, expert_parameters
 from bittern.distributed.packed import check_packed_all_gather, pack_shards
 from bittern.errors import BitternError, TrainingStopped
 from bittern.eval import figures, rank_share, scope, score_windows, val_windows
@@ -128,6 +129,7 @@ class Trainer:
         if t.compile:
             compile_backend()  # a bad BITTERN_COMPILE_BACKEND fails before anything is written
         check_packed_all_gather(cfg)  # on any number of ranks, like the rest of the config
+        check_expert_parallel(cfg)
         base_device = resolve_device(t.device)
         self.dist = init_distributed(base_device, cfg.dist.timeout)
         self.device = local_device(base_device, self.dist)
@@ -166,7 +168,9 @@ class Trainer:
                 param_dtype,
                 self.packed,
                 d.reshard_after_forward,
+                d.expert_parallel,
             )
+        self.expert_params = expert_parameters(self.model)  # expert parallelism: this rank's own
         self.forward = self.wrapped
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.loss_fn, self.teacher = self._build_losses()
@@ -443,7 +447,7 @@ class Trainer:
         finite = True
         if self.scaler:  # fp16: one rank's overflow skips the step on every rank
             finite = not any_across_ranks(not self.scaler.unscale_and_check(params), self.device, self.dist)
-        norm = self.clipper.clip(params)["grad_norm"]
+        norm = self.clipper.clip(params, split=self.expert_params)["grad_norm"]
         if isinstance(norm, DTensor):  # FSDP2: the sharded gradients' norm, reduced over ranks
             norm = norm.full_tensor()
         # one host synchronization for both (the guard judges on the host)
