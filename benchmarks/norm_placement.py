@@ -5,7 +5,7 @@ validation split with what `bittern eval` runs (evaluate_runs), and says which e
 accept it. Writes JSON:
 
     PYTHONPATH=. python benchmarks/norm_placement.py --config configs/shakespeare-tiny.toml \
-        --out benchmarks/results/issue14_norm_placement_cpu.json -- --train.steps=200
+        --out benchmarks/results/issue14_norm_placement_cpu.json --batches 64 -- --train.steps=50
 """
 
 from __future__ import annotations
@@ -50,11 +50,18 @@ def main() -> int:
     p.add_argument("--config", default="configs/shakespeare-tiny.toml")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
+    p.add_argument(
+        "--batches", type=int, default=0, help="score at most this many batches (0: the whole split)"
+    )
+    p.add_argument("--runs", help="new folder to keep the runs in (default: a temporary one)")
     args, overrides = p.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     names = args.variants.split(",")
     report = header(args.config) | {"overrides": overrides, "threads": torch.get_num_threads(), "results": []}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.runs:
+            Path(args.runs).mkdir(parents=True)
+        tmp = args.runs or tmp
         runs = []
         for name in names:
             extra = [*overrides, *VARIANTS[name]]
@@ -64,7 +71,7 @@ def main() -> int:
             runs.append(str(Path(tmp) / name))
             write_json(args.out, report)
             print(json.dumps({k: row[k] for k in ("variant", "val_perplexity", "wall_s")}), flush=True)
-        scored = evaluate_runs(runs)
+        scored = evaluate_runs(runs, max_batches=args.batches)
     report["scored_on"] = scored.source
     report["unigram_baseline_perplexity"] = scored.baseline["perplexity"]
     for row, ev in zip(report["results"], scored.rows, strict=True):

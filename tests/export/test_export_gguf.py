@@ -309,9 +309,10 @@ def test_llamacpp_tokenizes_and_decodes_like_bittern(tokenizer, tmp_path):
     assert buf.raw[:n].decode() == tokenizer.decode(ids)
 
 
-def test_llamacpp_perplexity_agrees_with_bittern(trained_run, tmp_path):
+@pytest.mark.parametrize("name", ["gguf", BUILTIN])  # TQ1_0 blocks; the built-in job's F16 codes
+def test_llamacpp_perplexity_agrees_with_bittern(trained_run, tmp_path, name):
     llama_cpp = pytest.importorskip("llama_cpp")
-    run = trained_run("gguf")
+    run = trained_run(name)
     export_gguf(run, tmp_path / "m.gguf", "TQ1_0")
     model, tokenizer = bittern.load(run)
     ids = tokenizer.encode(play_text(99, 20))[:64]
