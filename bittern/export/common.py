@@ -29,6 +29,7 @@ class ExportResult:
     quantized_params: int
     total_params: int
     bytes: int
+    note: str = ""  # what else a user should know about the file (e.g. which types it holds)
 
     @property
     def bits_per_param(self) -> float:
@@ -39,6 +40,7 @@ class ExportResult:
         return (
             f"{self.path}: {self.bytes / 2**20:.2f} MiB, {self.total_params:,} parameters "
             f"({self.quantized_params:,} ternary), {self.bits_per_param:.2f} bits/parameter"
+            + (f"; {self.note}" if self.note else "")
         )
 
 

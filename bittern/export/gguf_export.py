@@ -1,21 +1,25 @@
-"""GGUF export for llama.cpp: ternary weights as TQ2_0 / TQ1_0, llama.cpp's `bitnet` architecture.
+"""GGUF export for llama.cpp: ternary weights as TQ2_0 / TQ1_0 (F16 where rows are not whole blocks).
 
 llama.cpp's bitnet graph (src/models/bitnet.cpp) is: pre-norm attention with an RMSNorm before
 o_proj (attn_sub_norm), a SiLU-gated FFN with an RMSNorm before down_proj (ffn_sub_norm), NEOX
-(rotate-half) RoPE, and the token embedding reused as the output head. That is bittern's arch
-"llama" with norm_placement "sublayer" and tie_embeddings; anything else is refused rather than
-exported as a different model.
+(rotate-half) RoPE, and the token embedding reused as the output head (it reads no output.weight).
+That is bittern's arch "llama" with norm_placement "sublayer" and tie_embeddings; anything else is
+refused, every unmet setting in one error, rather than exported as a different model.
 
 Scale convention: each projection's codes are stored exactly (TQ block scale d = 1) and gamma goes
 in a separate float32 tensor `<name>.scale` of shape {1}, which llama.cpp multiplies into the
-matmul output (W = codes * scale). Norms and the embedding stay float32. llama.cpp quantizes
-activations per 256-value block (Q8_K) rather than per token, so its outputs are close to, not
-identical with, bittern's; benchmarks/llamacpp_check.py measures the perplexity gap.
+matmul output (W = codes * scale). TQ blocks hold 256 codes of one row, and llama.cpp refuses a
+tensor whose rows are not whole blocks; such a projection's codes go in F16, which holds -1, 0, 1
+exactly: the same values TQ decodes to, beside the same `.scale`. Norms and the embedding stay
+float32. llama.cpp quantizes activations per 256-value block (Q8_K; F16 weights: activations in
+F16) rather than per token, so its outputs are close to, not identical with, bittern's;
+benchmarks/llamacpp_check.py measures the perplexity gap.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,7 @@ from bittern.nn.ternary_linear import TernaryLinear
 ARCH = "bitnet"
 QK_K = 256
 GGUF_TYPES = ("TQ2_0", "TQ1_0")
+FALLBACK_TYPE = "F16"  # projections whose rows are not whole TQ blocks
 TENSOR_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
@@ -49,43 +54,64 @@ TENSOR_NAMES = {
 PRE_TOKENIZER = "trillion"
 
 
+# What llama.cpp's bitnet graph computes, as bittern model settings: (option, value, why).
+REQUIREMENTS = (
+    ("quant", "ternary", "TQ types hold ternary weights only"),
+    ("arch", "llama", "its FFN is SiLU-gated, not squared ReLU"),
+    ("norm_placement", "sublayer", "it has sub-layer norms, no norm inside each linear"),
+    ("tie_embeddings", True, "it computes the logits with token_embd and reads no output.weight"),
+    ("weight_granularity", "tensor", "it holds one scale per projection"),
+    ("bias", False, "it loads no q/k/v/MLP biases"),
+    ("full_precision", [], "every projection must be ternary"),
+)
+
+
+def _flag_value(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "[]" if value == [] else str(value)
+
+
 def check_exportable(cfg: ModelConfig) -> None:
-    """Raise BitternError for a model llama.cpp's bitnet graph would compute differently."""
-    need = {
-        "quant": ("ternary", "TQ types hold ternary weights only"),
-        "arch": ("llama", "llama.cpp's bitnet graph uses a SiLU-gated FFN, not squared ReLU"),
-        "norm_placement": (
-            "sublayer",
-            "llama.cpp's bitnet graph has sub-layer norms, no norm inside each linear",
-        ),
-        "tie_embeddings": (True, "llama.cpp's bitnet graph reuses the token embedding as the output head"),
-        "weight_granularity": ("tensor", "llama.cpp's bitnet graph holds one scale per layer"),
-        "bias": (False, "llama.cpp's bitnet graph loads no q/k/v/MLP biases"),
-    }
-    for option, (value, why) in need.items():
-        if getattr(cfg, option) != value:
-            raise BitternError(
-                f"gguf export needs model.{option} = {value!r} (got {getattr(cfg, option)!r}): {why}"
-            )
-    if cfg.full_precision:
+    """Raise one BitternError listing every setting llama.cpp's bitnet graph would compute differently.
+
+    Row sizes are no requirement: projections whose rows are not whole TQ blocks go in F16
+    (`projection_type`).
+    """
+    unmet = [(o, v, why) for o, v, why in REQUIREMENTS if getattr(cfg, o) != v]
+    if unmet:
+        found = "; ".join(f"model.{o} is {getattr(cfg, o)!r} ({why})" for o, _, why in unmet)
+        fix = " ".join(f"--model.{o}={_flag_value(v)}" for o, v, _ in unmet)
         raise BitternError(
-            "gguf export: model.full_precision is set; llama.cpp needs every projection ternary"
+            f"gguf export: llama.cpp's bitnet graph cannot compute this model: {found}; train with {fix}"
         )
-    rows = {"dim": cfg.dim, "ffn_dim": cfg.ffn_dim}
-    bad = [f"{k} = {v}" for k, v in rows.items() if v % QK_K]
-    if bad:
-        raise BitternError(f"gguf export: TQ row sizes must be multiples of {QK_K}; {', '.join(bad)} is not")
 
 
-def _ternary_tensor(layer: TernaryLinear, qtype) -> np.ndarray:
-    """Codes quantized to a TQ type with block scale 1 (all-zero blocks get 0): exact codes."""
+def projection_type(in_features: int, qtype: str) -> str:
+    """`qtype` when each row's `in_features` codes fill whole 256-code TQ blocks, else F16.
+
+    llama.cpp refuses a tensor whose row length is not a multiple of its type's block size. F16
+    holds -1, 0 and 1 exactly, so such a projection stores exactly what its TQ block (scale 1)
+    would decode to, beside the same float32 `.scale`.
+    """
+    return qtype if in_features % QK_K == 0 else FALLBACK_TYPE
+
+
+def _projection_tensor(layer: TernaryLinear, qtype: str) -> tuple[np.ndarray, object]:
+    """(data, raw_dtype) of a projection's codes: TQ blocks with scale 1 (all-zero blocks get 0), or F16."""
+    import gguf
     from gguf.quants import quantize
 
-    return quantize(layer.codes.float().numpy(), qtype)
+    codes = layer.codes.float().numpy()
+    kind = projection_type(layer.in_features, qtype)
+    if kind == FALLBACK_TYPE:
+        return codes.astype(np.float16), None
+    qt = gguf.GGMLQuantizationType[kind]
+    return quantize(codes, qt), qt
 
 
-def write_tensors(writer, model: Transformer, qtype) -> None:
-    """Every tensor under llama.cpp's names: TQ codes plus float32 `.scale`, the rest float32."""
+def write_tensors(writer, model: Transformer, qtype: str) -> None:
+    """Every tensor under llama.cpp's names: codes (TQ or F16) plus float32 `.scale`, the rest float32."""
     ternary = dict(bitlinear_layers(model))
     writer.add_tensor("token_embd.weight", model.embed_tokens.weight.detach().float().numpy())
     writer.add_tensor("output_norm.weight", model.norm.weight.detach().float().numpy())
@@ -96,8 +122,14 @@ def write_tensors(writer, model: Transformer, qtype) -> None:
                 writer.add_tensor(name, block.get_parameter(ours).detach().float().numpy())
                 continue
             frozen = TernaryLinear.from_bitlinear(ternary[f"layers.{i}.{ours}"])
-            writer.add_tensor(f"{name}.weight", _ternary_tensor(frozen, qtype), raw_dtype=qtype)
+            data, raw = _projection_tensor(frozen, qtype)
+            writer.add_tensor(f"{name}.weight", data, raw_dtype=raw)
             writer.add_tensor(f"{name}.scale", frozen.scale.reshape(1).numpy())
+
+
+def projection_types(model: Transformer, qtype: str) -> Counter:
+    """How many projections go in each GGUF type."""
+    return Counter(projection_type(m.in_features, qtype) for _, m in bitlinear_layers(model))
 
 
 def write_hparams(writer, cfg: ModelConfig, ftype: int) -> None:
@@ -163,27 +195,38 @@ def inert_merge(token: str) -> str:
 
 
 def export_gguf(run: str | Path, out: Path, gguf_type: str = "TQ2_0") -> ExportResult:
-    """Write `run` as one GGUF file at `out` with its projections in `gguf_type`."""
+    """Write `run` as one GGUF file at `out` with its projections in `gguf_type` (F16 where rows
+    are not whole TQ blocks)."""
     try:
-        import gguf
+        import gguf  # noqa: F401
     except ImportError:
         raise BitternError("gguf export needs the gguf package: pip install 'bittern[hf]'") from None
     if gguf_type not in GGUF_TYPES:
         raise BitternError(f"--gguf-type must be one of {GGUF_TYPES}, got {gguf_type!r}")
     model, tokenizer = load_run(run)
+    check_exportable(model.config)
+    return write_gguf(model, tokenizer, Path(out), gguf_type)
+
+
+def write_gguf(model: Transformer, tokenizer: Tokenizer, out: Path, gguf_type: str) -> ExportResult:
+    """`model` (float32, on CPU, passing check_exportable) and its tokenizer as a GGUF file at `out`."""
+    import gguf
+
     cfg = model.config
-    check_exportable(cfg)
-    qtype = gguf.GGMLQuantizationType[gguf_type]
-    ftype = gguf.LlamaFileType[f"MOSTLY_{gguf_type}"]
+    types = projection_types(model, gguf_type)
+    ftype = gguf.LlamaFileType[f"MOSTLY_{gguf_type if gguf_type in types else FALLBACK_TYPE}"]
     with staged_file(out) as tmp, torch.no_grad():
         writer = gguf.GGUFWriter(str(tmp), ARCH)
         write_hparams(writer, cfg, ftype)
         write_tokenizer(writer, tokenizer, cfg.padded_vocab_size)
-        write_tensors(writer, model, qtype)
+        write_tensors(writer, model, gguf_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
     total = sum(p.numel() for p in model.parameters())
     n_ternary = sum(m.weight.numel() for _, m in bitlinear_layers(model))
-    return ExportResult(out, n_ternary, total, out.stat().st_size)
+    note = "projections: " + ", ".join(f"{n} {t}" for t, n in sorted(types.items()))
+    if FALLBACK_TYPE in types:
+        note += f" (F16: rows not a multiple of {QK_K} codes, which TQ blocks need)"
+    return ExportResult(out, n_ternary, total, out.stat().st_size, note)

@@ -1,15 +1,17 @@
 """Hugging Face export: a folder transformers loads with `AutoModelForCausalLM` and no bittern.
 
-Mapping: arch "bitnet" with sub-layer norms -> BitNetForCausalLM (model_type "bitnet");
-arch "llama" with the norm inside each BitLinear -> LlamaForCausalLM with the `bitnet`
-quantization config and `use_rms_norm` (transformers' BitLinear has a LlamaRMSNorm with a
-learnable weight at `<proj>.rms_norm.weight`). Both use transformers' offline "bitlinear" layer:
+Mapping: sub-layer norms -> BitNetForCausalLM (model_type "bitnet"); the norm inside each
+BitLinear, or none -> LlamaForCausalLM with the `bitnet` quantization config and `use_rms_norm`
+(transformers' BitLinear has a LlamaRMSNorm with a learnable weight at `<proj>.rms_norm.weight`).
+The FFN activation follows the arch: "llama" -> hidden_act "silu", "bitnet" -> "relu2" (both
+classes gate with ACT2FN[hidden_act]). Both use transformers' offline "bitlinear" layer:
 weights packed 4 per byte in its row-block layout, activations quantized per token exactly as
 bittern does, y = (x_q @ codes^T) / (s_x * weight_scale).
 
 Scale convention: transformers DIVIDES by `weight_scale`, so it is the inverse of bittern's
 gamma: weight_scale = 1 / gamma (W = codes / weight_scale), one float32 per layer.
-Anything transformers would compute differently is refused, never approximated.
+Anything transformers would compute differently is refused (every reason in one error), never
+approximated.
 """
 
 from __future__ import annotations
@@ -26,33 +28,44 @@ from bittern.models import ModelConfig, Transformer
 from bittern.nn import bitlinear_layers
 from bittern.nn.ternary_linear import TernaryLinear
 
+HIDDEN_ACT = {"llama": "silu", "bitnet": "relu2"}
 
-def check_exportable(cfg: ModelConfig) -> None:
-    """Raise BitternError for a model transformers' BitNet / Llama classes would compute differently."""
-    if cfg.arch == "llama" and cfg.norm_placement == "sublayer":
-        raise BitternError(
-            "hf export: arch 'llama' with norm_placement 'sublayer' has sub-layer norms Llama lacks; "
-            "train with arch 'bitnet' (BitNetForCausalLM) or norm_placement 'inside'"
+
+def unmet_requirements(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """(what transformers cannot hold, the setting that fixes it) for each of `cfg`'s obstacles."""
+    unmet = []
+    ternary = cfg.quant == "ternary"
+    if ternary and cfg.weight_granularity != "tensor":
+        unmet.append(
+            (
+                f"model.weight_granularity is {cfg.weight_granularity!r} (transformers' BitLinear "
+                "holds one scale per layer)",
+                "--model.weight_granularity=tensor",
+            )
         )
-    if cfg.arch == "bitnet" and cfg.norm_placement == "inside":
-        raise BitternError(
-            "hf export: arch 'bitnet' with norm_placement 'inside' has no sub-layer norms, BitNetForCausalLM "
-            "always applies them; train with norm_placement 'sublayer' or arch 'llama'"
-        )
-    if cfg.quant == "ternary" and cfg.weight_granularity != "tensor":
-        raise BitternError(
-            f"hf export: weight_granularity {cfg.weight_granularity!r} needs one scale per "
-            "channel/group, transformers' BitLinear holds one per layer; "
-            "train with weight_granularity 'tensor'"
-        )
-    if cfg.bias and cfg.arch == "bitnet":
-        raise BitternError("hf export: BitNetForCausalLM has no MLP biases; train with model.bias false")
+    if cfg.bias and cfg.norm_placement == "sublayer":
+        unmet.append(("model.bias is true (BitNetForCausalLM has no MLP biases)", "--model.bias=false"))
     odd = [n for n in ("dim", "ffn_dim") if getattr(cfg, n) % 4] + (
         ["n_kv_heads*head_dim"] if (cfg.n_kv_heads * cfg.head_dim) % 4 else []
     )
-    if cfg.quant == "ternary" and odd:
+    if ternary and odd:
+        unmet.append(
+            (
+                f"{', '.join(odd)} not a multiple of 4 (transformers packs 4 output rows per byte)",
+                "sizes that are multiples of 4",
+            )
+        )
+    return unmet
+
+
+def check_exportable(cfg: ModelConfig) -> None:
+    """Raise one BitternError listing everything transformers' BitNet / Llama classes would compute
+    differently, with the settings that fix it."""
+    unmet = unmet_requirements(cfg)
+    if unmet:
         raise BitternError(
-            f"hf export: transformers packs 4 output rows per byte; {odd} must be multiples of 4"
+            f"hf export: transformers cannot compute this model: {'; '.join(u for u, _ in unmet)}; "
+            f"train with {' '.join(f for _, f in unmet)}"
         )
 
 
@@ -77,10 +90,10 @@ def hf_config(cfg: ModelConfig, eos_id: int | None, quantized: list[str]):
         eos_token_id=eos_id,
         pad_token_id=None,
     )
-    if cfg.arch == "bitnet":
-        config = BitNetConfig(hidden_act="relu2", **common)
+    if cfg.norm_placement == "sublayer":
+        config = BitNetConfig(hidden_act=HIDDEN_ACT[cfg.arch], **common)
     else:
-        config = LlamaConfig(hidden_act="silu", mlp_bias=cfg.bias, **common)
+        config = LlamaConfig(hidden_act=HIDDEN_ACT[cfg.arch], mlp_bias=cfg.bias, **common)
     config.dtype = "float32"
     if quantized:
         all_linear = {f"layers.{i}.{m}" for i in range(cfg.n_layers) for m in _PROJ}

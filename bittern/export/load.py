@@ -4,7 +4,8 @@ Runs and checkpoints go through `bittern.load`, packed folders through `load_pac
 folders and GGUF files are read with bittern's own code (safetensors / the `gguf` package, no
 bittern-specific transformers classes): their ternary projections become TernaryLinear layers
 holding the stored codes and scale, so the model computes what the trained run computed.
-Scales: HF stores 1 / gamma (inverted back here, within float32 rounding); GGUF stores gamma.
+Scales: HF stores 1 / gamma (inverted back here, within float32 rounding); GGUF stores gamma, its
+codes in TQ2_0 / TQ1_0 or, for rows that are not whole TQ blocks, F16.
 """
 
 from __future__ import annotations
@@ -109,9 +110,12 @@ def sized_to_tokenizer(cfg: ModelConfig, tokenizer: Tokenizer, where: Path) -> M
 
 def hf_model_config(config: dict) -> ModelConfig:
     """The bittern ModelConfig of a config.json written by `bittern export --format hf`."""
+    from bittern.export.hf import HIDDEN_ACT
+
     kind, act = config.get("model_type"), config.get("hidden_act", "silu")
     quant = config.get("quantization_config") or {}
-    if (kind, act) not in (("llama", "silu"), ("bitnet", "relu2")):
+    arch = {v: k for k, v in HIDDEN_ACT.items()}.get(act)
+    if kind not in ("llama", "bitnet") or arch is None:
         raise BitternError(f"model_type {kind!r} with hidden_act {act!r} is not a bittern export")
     if quant and quant.get("quant_method") != "bitnet":
         raise BitternError(f"quantization {quant.get('quant_method')!r} is not bittern's ternary 'bitnet'")
@@ -124,7 +128,7 @@ def hf_model_config(config: dict) -> ModelConfig:
     if config.get("head_dim", dim // heads) * heads != dim:
         raise BitternError(f"head_dim {config['head_dim']} x {heads} heads != hidden size {dim}")
     return ModelConfig(
-        arch="llama" if kind == "llama" else "bitnet",
+        arch=arch,
         quant="ternary" if quant else "none",
         vocab_size=config["vocab_size"],
         vocab_multiple=1,
@@ -270,7 +274,8 @@ def gguf_model_config(reader, where: Path) -> ModelConfig:
 
 
 def gguf_to_bittern(reader) -> dict[str, torch.Tensor]:
-    """llama.cpp names -> bittern's: TQ tensors dequantized to codes (block scale 1), `.scale` -> gamma."""
+    """llama.cpp names -> bittern's: each projection (a weight with a `.scale` beside it) -> codes,
+    dequantized from TQ (block scale 1) or read from F16 as they are; `.scale` -> gamma."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
@@ -280,6 +285,7 @@ def gguf_to_bittern(reader) -> dict[str, torch.Tensor]:
     ours |= {
         theirs.removesuffix(".weight"): mine.removesuffix(".weight") for mine, theirs in TENSOR_NAMES.items()
     }
+    names = {t.name for t in reader.tensors}
     out = {}
     for t in reader.tensors:
         stem, leaf = t.name.rsplit(".", 1)
@@ -290,6 +296,8 @@ def gguf_to_bittern(reader) -> dict[str, torch.Tensor]:
         data = np.array(t.data)
         if t.tensor_type in (GGMLQuantizationType.TQ1_0, GGMLQuantizationType.TQ2_0):
             out[f"{local}.codes"] = torch.from_numpy(dequantize(data, t.tensor_type))
+        elif leaf == "weight" and f"{stem}.scale" in names:  # codes that rows of TQ blocks cannot hold
+            out[f"{local}.codes"] = torch.from_numpy(data.astype(np.float32))
         else:
             out[f"{local}.{leaf}"] = torch.from_numpy(data).float()
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,19 @@ ARCHS = {
         "ffn_dim": 512,
     },
 }
+# The built-in job's model, as configs/shakespeare-tiny.toml has it (sizes and all), in place of
+# the tiny test model; trained like the others for a few steps on the test corpus.
+BUILTIN = "builtin"
+BUILTIN_CONFIG = Path(__file__).parents[2] / "configs" / "shakespeare-tiny.toml"
+
+
+def builtin_model() -> dict:
+    return tomllib.loads(BUILTIN_CONFIG.read_text())["model"]
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, dataset):
-    """Function (name in ARCHS) -> run folder of a tiny model trained for 20 steps."""
+    """Function (name in ARCHS, or BUILTIN) -> run folder of a model trained for 20 tiny steps."""
     from bittern.train import train
 
     cache: dict[str, Path] = {}
@@ -34,7 +43,10 @@ def trained_run(tmp_path_factory, dataset):
     def make(name: str) -> Path:
         if name not in cache:
             out = tmp_path_factory.mktemp("runs") / name
-            cfg = config_from_dict(tiny_config_dict(dataset, model=ARCHS[name]))
+            data = tiny_config_dict(dataset, model=ARCHS.get(name, {}))
+            if name == BUILTIN:
+                data["model"] = builtin_model()
+            cfg = config_from_dict(data)
             train(cfg, out, progress=False)
             cache[name] = out
         return cache[name]

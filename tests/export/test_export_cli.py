@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bittern.cli import main
+from tests.export.conftest import BUILTIN
 
 
 @pytest.mark.parametrize(
@@ -14,6 +15,8 @@ from bittern.cli import main
         ("llama", ["--format", "packed-base3"], "p3"),
         ("bitnet", ["--format", "hf"], "hf"),
         ("gguf", ["--format", "gguf", "--gguf-type", "TQ1_0"], "m.gguf"),
+        (BUILTIN, ["--format", "hf"], "hf"),
+        (BUILTIN, ["--format", "gguf"], "m.gguf"),
     ],
 )
 def test_export_formats(trained_run, tmp_path, capsys, run_name, args, out):
@@ -25,6 +28,7 @@ def test_export_formats(trained_run, tmp_path, capsys, run_name, args, out):
 def test_errors_are_one_line(trained_run, tmp_path, capsys):
     rc = main(["export", str(trained_run("llama")), "--format", "gguf", "--out", str(tmp_path / "m.gguf")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("bittern: error: gguf export needs model.norm_placement")
+    assert rc == 2 and err.startswith("bittern: error: gguf export: llama.cpp's bitnet graph cannot")
+    assert "--model.norm_placement=sublayer --model.tie_embeddings=true" in err
     assert err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []

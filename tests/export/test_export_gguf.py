@@ -21,16 +21,20 @@ from gguf.quants import dequantize  # noqa: E402
 import bittern  # noqa: E402
 from bittern.data.tokenizer import BPETokenizer, ByteTokenizer  # noqa: E402
 from bittern.errors import BitternError  # noqa: E402
+from bittern.export import load_any  # noqa: E402
 from bittern.export.gguf_export import (  # noqa: E402
     ARCH,
     check_exportable,
     export_gguf,
+    write_gguf,
     write_hparams,
     write_tokenizer,
 )
-from bittern.models import ModelConfig  # noqa: E402
+from bittern.models import ModelConfig, build_model  # noqa: E402
+from bittern.nn import bitlinear_layers  # noqa: E402
 from bittern.quant import ternarize  # noqa: E402
 from tests.conftest import play_text  # noqa: E402
+from tests.export.conftest import BUILTIN  # noqa: E402
 
 SAMPLE = "ROMEO.\nThe  thou art, naïve ... 'tis 1234 — café!\n\n\tend "
 
@@ -98,8 +102,6 @@ def test_metadata(trained_run, tmp_path):
         ({"norm_placement": "inside"}, "norm_placement"),
         ({"tie_embeddings": False}, "tie_embeddings"),
         ({"weight_granularity": "channel"}, "weight_granularity"),
-        ({"dim": 128}, "multiples of 256"),
-        ({"ffn_dim": 300}, "multiples of 256"),
     ],
 )
 def test_unrepresentable_models_are_refused(overrides, message):
@@ -108,6 +110,86 @@ def test_unrepresentable_models_are_refused(overrides, message):
     )
     with pytest.raises(BitternError, match=message):
         check_exportable(ModelConfig(**{**base, **overrides}).resolved())
+
+
+def test_one_error_lists_every_unmet_requirement_and_its_fix():
+    cfg = ModelConfig(vocab_size=257, arch="bitnet", norm_placement="inside", weight_granularity="channel")
+    with pytest.raises(BitternError) as e:
+        check_exportable(cfg.resolved())
+    message = str(e.value)
+    assert "\n" not in message
+    for option, fix in [
+        ("arch", "--model.arch=llama"),
+        ("norm_placement", "--model.norm_placement=sublayer"),
+        ("tie_embeddings", "--model.tie_embeddings=true"),
+        ("weight_granularity", "--model.weight_granularity=tensor"),
+    ]:
+        assert f"model.{option} is" in message and fix in message
+    assert "bias" not in message and "256" not in message  # met, or no requirement at all
+
+
+def test_row_sizes_are_no_requirement():
+    for dim, ffn_dim in [(128, 352), (256, 300), (96, 64)]:
+        cfg = ModelConfig(
+            vocab_size=257,
+            norm_placement="sublayer",
+            tie_embeddings=True,
+            dim=dim,
+            n_heads=4,
+            ffn_dim=ffn_dim,
+        )
+        check_exportable(cfg.resolved())
+
+
+def tq2_decode(codes: np.ndarray) -> np.ndarray:
+    """What TQ2_0 (block scale 1) decodes `codes` to, laid out in whole 256-code blocks."""
+    qt = gguf.GGMLQuantizationType.TQ2_0
+    return dequantize(gguf.quants.quantize(codes.reshape(-1, 256), qt), qt).reshape(codes.shape)
+
+
+def test_rows_that_are_not_whole_blocks_go_in_f16_exactly(trained_run, tmp_path):
+    """The built-in job's model (dim 128, ffn 352): each projection F16, bit for bit the values
+    TQ2_0 decodes its codes to, beside the same float32 scale; bittern's reader gets the codes back."""
+    run = trained_run(BUILTIN)
+    result = export_gguf(run, tmp_path / "m.gguf")
+    model, _ = bittern.load(run)
+    assert (model.config.dim, model.config.ffn_dim) == (128, 352)
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    tensors = {t.name: t for t in reader.tensors}
+    loaded, _ = load_any(tmp_path / "m.gguf")
+    for i in range(model.config.n_layers):
+        for theirs, ours in PROJ.items():
+            t = tensors[f"blk.{i}.{theirs}.weight"]
+            assert t.tensor_type == gguf.GGMLQuantizationType.F16
+            codes, gamma = ternarize(model.get_submodule(f"layers.{i}.{ours}").weight)
+            stored = np.asarray(t.data).astype(np.float32)
+            expected = tq2_decode(codes.numpy().astype(np.float32))
+            assert np.array_equal(stored.view(np.uint32), expected.view(np.uint32))
+            assert tensors[f"blk.{i}.{theirs}.scale"].data.tolist() == [gamma.item()]
+            frozen = loaded.get_submodule(f"layers.{i}.{ours}")
+            assert torch.equal(frozen.codes, codes) and torch.equal(frozen.scale, gamma)
+    assert field(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_F16
+    assert "28 F16" in result.summary()
+
+
+def test_each_projection_gets_tq_where_its_rows_are_whole_blocks(tmp_path):
+    """dim 256, ffn 96: gate/up/q/k/v/o rows hold 256 codes (TQ1_0), down_proj rows 96 (F16)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=257, norm_placement="sublayer", tie_embeddings=True, dim=256, n_heads=4, ffn_dim=96
+    )
+    model = build_model(cfg.resolved()).eval()
+    result = write_gguf(model, ByteTokenizer(), tmp_path / "m.gguf", "TQ1_0")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    for i in range(model.config.n_layers):
+        for theirs in PROJ:
+            assert types[f"blk.{i}.{theirs}.weight"] == ("F16" if theirs == "ffn_down" else "TQ1_0")
+    assert "4 F16, 24 TQ1_0" in result.note
+    loaded, _ = load_any(tmp_path / "m.gguf")
+    for name, layer in bitlinear_layers(model):
+        codes, gamma = ternarize(layer.weight)
+        assert torch.equal(loaded.get_submodule(name).codes, codes)
+        assert torch.equal(loaded.get_submodule(name).scale, gamma)
 
 
 def test_refusals_write_nothing(trained_run, tmp_path):
@@ -227,9 +309,10 @@ def test_llamacpp_tokenizes_and_decodes_like_bittern(tokenizer, tmp_path):
     assert buf.raw[:n].decode() == tokenizer.decode(ids)
 
 
-def test_llamacpp_perplexity_agrees_with_bittern(trained_run, tmp_path):
+@pytest.mark.parametrize("name", ["gguf", BUILTIN])  # TQ1_0 blocks; the built-in job's F16 codes
+def test_llamacpp_perplexity_agrees_with_bittern(trained_run, tmp_path, name):
     llama_cpp = pytest.importorskip("llama_cpp")
-    run = trained_run("gguf")
+    run = trained_run(name)
     export_gguf(run, tmp_path / "m.gguf", "TQ1_0")
     model, tokenizer = bittern.load(run)
     ids = tokenizer.encode(play_text(99, 20))[:64]

@@ -12,6 +12,7 @@ from bittern.export import export_run, load_any
 from bittern.generate import sample
 from bittern.nn import bitlinear_layers
 from bittern.quant import ternarize
+from tests.export.conftest import BUILTIN
 
 gguf = pytest.importorskip("gguf")
 
@@ -23,6 +24,8 @@ EXPORTS = [  # (trained run, format, gguf type)
     ("bitnet", "hf", "TQ2_0"),
     ("gguf", "gguf", "TQ2_0"),
     ("gguf", "gguf", "TQ1_0"),
+    (BUILTIN, "hf", "TQ2_0"),  # the built-in job's model (dim 128, ffn 352): BitNetForCausalLM, SiLU
+    (BUILTIN, "gguf", "TQ2_0"),  # ... and F16 codes in GGUF
 ]
 
 
@@ -66,7 +69,7 @@ def test_export_generates_what_the_run_generates(trained_run, tmp_path, capsys, 
     assert cli_text(capsys, out, *args) == cli_text(capsys, trained_run(name), *args)
 
 
-@pytest.mark.parametrize(("name", "fmt"), [("bitnet", "hf"), ("gguf", "gguf")])
+@pytest.mark.parametrize(("name", "fmt"), [("bitnet", "hf"), ("gguf", "gguf"), (BUILTIN, "gguf")])
 def test_codes_are_exact_and_scales_are_gamma(trained_run, tmp_path, name, fmt):
     out = export(trained_run, tmp_path, name, fmt, "TQ1_0")
     ref, _ = bittern.load(trained_run(name))
