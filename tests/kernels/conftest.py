@@ -12,13 +12,12 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture
-def fast_on_cpu(monkeypatch):
-    """Let BitLinear take the fused path on CPU tensors (the kernels run interpreted)."""
+def cpu_kernels():
+    """KernelOptions that run BitLinear's fused path on CPU tensors (the kernels interpreted)."""
     pytest.importorskip("triton")
-    import bittern.kernels.function  # noqa: F401
-    from bittern.kernels import dispatch
+    from bittern.kernels import available
+    from bittern.nn import KernelOptions
 
-    monkeypatch.setattr(dispatch, "FAST_DEVICE_TYPES", ("cuda", "cpu"))
-    monkeypatch.setattr(dispatch, "_available", True)
-    yield
-    dispatch.clear_weight_cache()
+    if not available("cpu"):
+        pytest.skip("the kernels run on CPU tensors only under Triton's interpreter")
+    return KernelOptions(devices=("cuda", "cpu"))
