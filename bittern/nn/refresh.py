@@ -54,8 +54,8 @@ class CodeRefresher:
     only those whose weight was written since (its version counter moved: a load, a rollback),
     for a compiled model that cannot check. Layers that left the fast path (lambda below 1) drop
     their codes; those that joined it get theirs. The layers that keep codes are chosen again
-    only when a layer's options, lambda record or weight address changed, so a step costs one
-    cheap look at each layer on the host.
+    only when a layer's options, lambda record, weight address or codes changed, so a step costs
+    one cheap look at each layer on the host.
     """
 
     def __init__(self, model: nn.Module, graphs: bool = True) -> None:
@@ -69,7 +69,9 @@ class CodeRefresher:
     def _state(self) -> tuple:
         def of(layer: BitLinear) -> object:
             o = layer.kernel_options
-            return (o, layer.lambda_is_one, layer.weight.data_ptr()) if o.cache_codes else o
+            if not o.cache_codes:
+                return o
+            return (o, layer.lambda_is_one, layer.weight.data_ptr(), id(layer.ternary_codes))
 
         return tuple(of(layer) for layer in self.layers)
 
