@@ -8,7 +8,7 @@ the kernels that take the most GPU time. JSON out, a summary printed.
 
     PYTHONPATH=. python benchmarks/profile_layer.py --out profile.json [--compiled]
 
-The fused layer's cached codes are refreshed after every pass, as an optimizer step does.
+The fused layer's codes are refreshed after every pass (a CodeRefresher), as the trainer's step does.
 """
 
 from __future__ import annotations

@@ -48,9 +48,7 @@ class KernelOptions:
     enabled: bool = True
     grad_input_int8: bool = False  # grad_input on int8 tensor cores (row-wise int8 grad_output)
     grad_weight_int8: bool = False  # grad_weight on int8 tensor cores (column-wise int8 grad_output)
-    cache_codes: bool = (
-        True  # keep the codes between optimizer steps; False: every forward ternarizes (FSDP2)
-    )
+    cache_codes: bool = True  # keep codes between optimizer steps; False (FSDP2): ternarize each forward
     devices: tuple[str, ...] = ("cuda",)  # device types to run on; "cpu" too: Triton's interpreter (tests)
 
 
@@ -142,6 +140,9 @@ def drop_codes(layer: nn.Module) -> None:
 
 def current_codes(layer: nn.Module, transposed: bool) -> None:
     """Make the layer's codes, or rewrite them if the weight was written since (eager calls)."""
+    unchanged = layer.ternary_codes is not None and layer.ternary_source == source(layer)
+    if unchanged and not (transposed and layer.ternary_codes_t is None):
+        return  # a moved or replaced weight has another address: only this check runs per forward
     slot = code_slot(layer, transposed)
     if layer.ternary_source != source(layer):
         rewrite(slot)
