@@ -4,11 +4,12 @@ What the CPU tests cannot show, on one CUDA GPU in about a minute:
 
 1. the int8 GEMM (pointer kernel, and the TMA kernel of `BITTERN_INT8_MM=tma`) exact against
    its int64 reference at the 1B preset's shapes;
-2. a small Llama trained 5 steps (fused AdamW, bf16 autocast) on the fused path, eager and
-   compiled block by block, with each kernel: per-step losses against the eager fused run
-   (the compiled graphs must read the codes each optimizer step refreshes in place) and
-   against the reference path; after the last step, every cached weight's codes against a
-   fresh ternarization of the weight (the refresh is then a replayed CUDA graph).
+2. a small Llama trained 5 steps by the trainer's step (`bittern.train.step.TrainStep`: fused
+   AdamW, bf16 autocast, the code refresh after each optimizer step) on the fused path, eager
+   and compiled block by block, with each kernel: per-step losses against the eager fused run
+   (the compiled graphs must read the codes each refresh rewrites in place) and against the
+   reference path; after the last step, every layer's codes against a fresh ternarization of
+   its weight (the refresh is then a replayed CUDA graph).
 
 JSON out; exit status 1 if a check fails.
 
@@ -58,33 +59,37 @@ def check_gemms(kernel: str) -> list[dict]:
     return rows
 
 
-def stale_codes() -> dict:
-    """The cached codes against a fresh ternarization of each weight: the replayed refresh's check."""
-    from bittern.kernels.weightquant import WEIGHT_CACHE, ternarize_reference
+def stale_codes(model: torch.nn.Module, refresher) -> dict:
+    """Each layer's kept codes against a fresh ternarization of its weight: the replayed refresh's check."""
+    from bittern.kernels.weightquant import ternarize_reference
+    from bittern.nn import bitlinear_layers
 
     worst_codes = worst_gamma = 0.0
-    for entry in WEIGHT_CACHE._entries.values():
-        w = entry.weight()
-        if w is None:
-            continue
-        codes, gamma = ternarize_reference(w.detach(), *entry.view[-2:])
-        worst_codes = max(worst_codes, (entry.codes != codes).float().mean().item())
-        worst_gamma = max(worst_gamma, ((entry.gamma - gamma).abs() / gamma).max().item())
+    layers = [layer for _, layer in bitlinear_layers(model) if layer.ternary_codes is not None]
+    for layer in layers:
+        o = layer.options
+        codes, gamma = ternarize_reference(
+            layer.weight.detach(), o.gamma_multiplier, o.granularity == "channel"
+        )
+        worst_codes = max(worst_codes, (layer.ternary_codes != codes).float().mean().item())
+        worst_gamma = max(worst_gamma, ((layer.ternary_gamma - gamma).abs() / gamma).max().item())
     return {
-        "entries": len(WEIGHT_CACHE),
-        "replaying": WEIGHT_CACHE._replay is not None,
+        "layers": len(layers),
+        "replaying": refresher.replaying,
         "codes_differing": worst_codes,
         "gamma_rel_diff": worst_gamma,
     }
 
 
 def train_losses(kernel: str, fast: bool, compiled: bool) -> list[float]:
-    from bittern.config import OptimConfig
-    from bittern.kernels import KernelOptions, configure
+    from bittern.config import ClipConfig, OptimConfig
     from bittern.kernels import int8_mm as module
     from bittern.models import ModelConfig, build_model
+    from bittern.nn import KernelOptions, configure_fast_path
+    from bittern.train.clip import GradClipper
     from bittern.train.compiling import compile_blocks
     from bittern.train.optim import build_optimizer
+    from bittern.train.step import TrainStep
 
     module.KERNEL = kernel
     torch._dynamo.reset()
@@ -101,23 +106,24 @@ def train_losses(kernel: str, fast: bool, compiled: bool) -> list[float]:
     )
     with torch.device("cuda"):
         model = build_model(cfg.resolved())
-    assert (configure(model, KernelOptions(enabled=fast)) > 0) == fast
+    assert (configure_fast_path(model, KernelOptions(enabled=fast)) > 0) == fast
     if compiled:
         compile_blocks(model)
     optimizer = build_optimizer(model, OptimConfig(lr=1e-3))
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", torch.bfloat16):
+            logits = model(x)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+    train_step = TrainStep(model, optimizer, loss, GradClipper(ClipConfig(mode="none")))
     losses = []
     for step in range(STEPS):
         g = torch.Generator(device="cuda").manual_seed(step)
         tokens = torch.randint(0, 4096, (4, 513), device="cuda", generator=g)
-        with torch.autocast("cuda", torch.bfloat16):
-            logits = model(tokens[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(train_step([(tokens[:, :-1], tokens[:, 1:])]).loss)
     if fast:
-        CACHE_CHECKS[(kernel, compiled)] = stale_codes()
+        CACHE_CHECKS[(kernel, compiled)] = stale_codes(model, train_step.codes)
     return losses
 
 
@@ -170,7 +176,7 @@ def main() -> int:
             report["train"][name + " cache"] = cache
             ok = ok and close_eager and close_ref and fresh
             print(name, losses, "vs fast eager", close_eager, "vs reference", close_ref, flush=True)
-            print(name, "weight cache after the last step", cache, "fresh", fresh, flush=True)
+            print(name, "codes after the last step", cache, "fresh", fresh, flush=True)
     report["ok"] = ok
     Path(args.out).write_text(json.dumps(report, indent=1))
     print("all checks passed" if ok else "SOME CHECKS FAILED")

@@ -2,7 +2,7 @@
 
 Tiny tensors (the GPU finishes each kernel long before the host issues the next), so the
 wall time of a loop is the time the host spends issuing it: the Python of the custom-op
-wrappers, the weight-cache lookup, Triton's launcher and autotuner, autograd. Compared with
+wrappers, the layer's check of its codes, Triton's launcher and autotuner, autograd. Compared with
 nn.Linear and the reference BitLinear at the same shape. JSON out.
 
     PYTHONPATH=. python benchmarks/host_overhead.py --out host.json
@@ -37,11 +37,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    from bittern.kernels import actquant, configure
-    from bittern.kernels.dispatch import HOST_SCALARS, OPTIONS_ATTR, KernelOptions
+    from bittern.kernels import actquant
     from bittern.kernels.int8_mm import int8_mm
-    from bittern.kernels.weightquant import WEIGHT_CACHE, ternarize_weight
-    from bittern.nn import BitLinear
+    from bittern.kernels.weightquant import ternarize_weight
+    from bittern.nn import BitLinear, CodeRefresher, KernelOptions, configure_fast_path, fastpath
 
     ops = torch.ops.bittern
     M, K, N = 64, 256, 256
@@ -50,7 +49,6 @@ def main() -> int:
     norm_w = torch.ones(K, device="cuda")
     codes, scale, _ = actquant.rmsnorm_quant(x.detach(), norm_w, 1e-6)
     w_codes, gamma = ternarize_weight(w)
-    lam = torch.ones((), device="cuda")
     g = torch.randn(M, N, device="cuda")
 
     def layer_pass(layer):
@@ -63,13 +61,15 @@ def main() -> int:
 
     linear = nn.Linear(K, N, bias=False).cuda()
     fused = BitLinear(K, N).cuda()
-    configure(fused, None)
+    configure_fast_path(fused)
+    refresher = CodeRefresher(fused)
     reference = BitLinear(K, N).cuda()
-    setattr(reference, OPTIONS_ATTR, KernelOptions(enabled=False))
+    configure_fast_path(reference, KernelOptions(enabled=False))
     pieces = {
         "empty torch op (x.view)": lambda: x.view(-1),
-        "HOST_SCALARS.value": lambda: HOST_SCALARS.value(lam),
-        "WEIGHT_CACHE.lookup (hit)": lambda: WEIGHT_CACHE.lookup(w, 1.0, False),
+        "BitLinear.sync_lambda (unchanged)": fused.sync_lambda,
+        "fastpath.layer_codes (current)": lambda: fastpath.layer_codes(fused, False),
+        "CodeRefresher.sync (one layer, current)": refresher.sync,
         "actquant.rmsnorm_quant (launcher)": lambda: actquant.rmsnorm_quant(x.detach(), norm_w, 1e-6),
         "ops.rmsnorm_quant (custom op)": lambda: ops.rmsnorm_quant(x.detach(), norm_w, 1e-6),
         "int8_mm autotuned (launcher)": lambda: int8_mm(codes, w_codes, scale, gamma, torch.bfloat16),

@@ -399,9 +399,7 @@ def bench_backward(report: Report, tokens: int) -> None:
 
 def bench_layers(report: Report, tokens: int) -> None:
     """Forward + backward of one layer: nn.Linear (bf16 autocast), reference BitLinear, fused BitLinear."""
-    from bittern.config import KernelsConfig
-    from bittern.kernels import configure
-    from bittern.nn import BitLinear
+    from bittern.nn import BitLinear, KernelOptions, configure_fast_path
 
     for name, n, k in LAYERS:
         x = torch.randn(tokens, k, device=DEVICE, requires_grad=True)
@@ -419,8 +417,8 @@ def bench_layers(report: Report, tokens: int) -> None:
         ]
         results = {}
         for variant, module, enabled in variants:
-            if enabled is not None:
-                configure(bit, KernelsConfig(enabled=enabled))
+            if enabled is not None:  # --device cpu: the fused path on CPU tensors (interpreted)
+                configure_fast_path(bit, KernelOptions(enabled=enabled, devices=("cuda", DEVICE)))
 
             def step(module=module, x=x, grad=grad):
                 with torch.autocast(DEVICE, dtype=torch.bfloat16):
@@ -463,10 +461,6 @@ def main() -> int:
         return 2
     import triton
 
-    if DEVICE == "cpu":  # let BitLinear take the fused path on the CPU, as the kernel tests do
-        from bittern.kernels import dispatch
-
-        dispatch.FAST_DEVICE_TYPES, dispatch._available = ("cuda", "cpu"), True
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
     header = {
         "device": name,

@@ -8,7 +8,7 @@ the kernels that take the most GPU time. JSON out, a summary printed.
 
     PYTHONPATH=. python benchmarks/profile_layer.py --out profile.json [--compiled]
 
-The fused layer's cached codes are refreshed after every pass, as an optimizer step does.
+The fused layer's codes are refreshed after every pass (a CodeRefresher), as the trainer's step does.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import profile_summary
-from bittern.kernels import configure
-from bittern.nn import BitLinear
+from bittern.nn import BitLinear, CodeRefresher, KernelOptions, configure_fast_path
 
 SHAPES = [("q/o_proj", 2048, 2048), ("gate/up_proj", 2048, 5632), ("down_proj", 5632, 2048)]
 TOKENS = 4 * 2048
@@ -35,49 +34,40 @@ def make_layer(kind: str, k: int, n: int) -> nn.Module:
     if kind == "bf16":
         return nn.Linear(k, n, bias=False).cuda()
     layer = BitLinear(k, n, bias=False).cuda()
-    configure(layer, None)
-    if kind == "reference":
-        from bittern.kernels.dispatch import OPTIONS_ATTR, KernelOptions
-
-        setattr(layer, OPTIONS_ATTR, KernelOptions(enabled=False))
+    configure_fast_path(layer, KernelOptions(enabled=kind != "reference"))
     return layer
 
 
-def one_pass(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> None:
+def one_pass(layer: nn.Module, refresher: CodeRefresher, x: torch.Tensor, g: torch.Tensor) -> None:
     with torch.autocast("cuda", torch.bfloat16):
         y = layer(x)
     y.backward(g)
-    with torch.no_grad():  # the optimizer's write, and the re-quantization its step hook triggers
+    with torch.no_grad():  # the optimizer's write, and the refresh of the codes that follows it
         layer.weight.add_(0.0)
-    refresh_codes()
-
-
-def refresh_codes() -> None:
-    from bittern.kernels.weightquant import WEIGHT_CACHE
-
-    WEIGHT_CACHE.refresh_all()
+    refresher.refresh()
 
 
 def profile(kind: str, k: int, n: int, compiled: bool) -> dict:
     torch.manual_seed(0)
     layer = make_layer(kind, k, n)
+    refresher = CodeRefresher(layer)
     if compiled:
         layer = torch.compile(layer)
     x = torch.randn(TOKENS, k, device="cuda", requires_grad=True)
     g = torch.randn(TOKENS, n, device="cuda", dtype=torch.bfloat16)
     for _ in range(5):  # warm-up: autotuning, compilation of the Triton kernels
-        one_pass(layer, x, g)
+        one_pass(layer, refresher, x, g)
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(PASSES):
-        one_pass(layer, x, g)
+        one_pass(layer, refresher, x, g)
     host_ms = (time.perf_counter() - start) * 1e3 / PASSES  # time to issue one pass
     torch.cuda.synchronize()
     wall_ms = (time.perf_counter() - start) * 1e3 / PASSES
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts) as prof:
         for _ in range(PASSES):
-            one_pass(layer, x, g)
+            one_pass(layer, refresher, x, g)
         torch.cuda.synchronize()
     gpu_ms, kernels, host_ops = profile_summary(prof, PASSES, "pass", kernels=12, host_ops=10, name_len=90)
     return {

@@ -1,7 +1,9 @@
 """Training throughput of the 1.58-bit model against its bf16 nn.Linear twin, side by side on one GPU.
 
 For each preset (1b, 125m, 350m; sequence 2048; synthetic random tokens; bf16 autocast; fused
-AdamW; global-norm clipping; one sync per step, as the trainer does) and each variant:
+AdamW; global-norm clipping) and each variant, every step is the trainer's own
+(`bittern.train.step.TrainStep`: forward and backward, clipping, one host sync, the optimizer
+step, the refresh of the ternary codes):
 
     twin-compiled, fast-compiled, ref-compiled, twin-eager, fast-eager, ref-eager,
     fast-compiled-int8-gi (grad_input on int8), fast-compiled-int8-gi-gw (and grad_weight;
@@ -37,17 +39,20 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bittern.config import DistConfig, OptimConfig
-from bittern.kernels import KernelOptions, configure
+from bittern.config import ClipConfig, DistConfig, OptimConfig
 from bittern.models import ModelConfig, build_model
 from bittern.monitor.perf import peak_flops
+from bittern.nn import KernelOptions, configure_fast_path
+from bittern.train.clip import GradClipper
 from bittern.train.optim import build_optimizer
+from bittern.train.step import TrainStep
 
 GB = 1024**3
 DEVICE = "cuda"  # --device cpu (TRITON_INTERPRET=1, --presets tiny) only smoke-tests this script
@@ -76,14 +81,19 @@ VARIANTS = [  # most important first: a deadline cuts from the end
 ]
 
 
-def build(preset: str, variant: Variant, vocab: int, seq: int) -> torch.nn.Module:
-    """The model of `preset` on the GPU, initialised from seed 0, its kernels configured."""
+def build(preset: str, variant: Variant, vocab: int, seq: int, cache_codes: bool = True) -> torch.nn.Module:
+    """The model of `preset` on the GPU, initialised from seed 0, its fast path configured.
+
+    `cache_codes` False: ternarize in every forward, as the trainer has it under FSDP2.
+    """
     torch.manual_seed(0)
     cfg = ModelConfig(preset=preset, quant=variant.quant, vocab_size=vocab, max_seq_len=seq).resolved()
     with torch.device(DEVICE):
         model = build_model(cfg)
     if variant.kernels is not None:
-        fast = configure(model, variant.kernels)
+        # --device cpu: the fused path on CPU tensors, as the kernel tests run it (interpreted)
+        devices = ("cuda", "cpu") if DEVICE == "cpu" else ("cuda",)
+        fast = configure_fast_path(model, replace(variant.kernels, cache_codes=cache_codes, devices=devices))
         assert (fast > 0) == variant.kernels.enabled, f"{fast} layers on the fast path"
     return model
 
@@ -107,10 +117,8 @@ def wrap_model(model: torch.nn.Module, wrap: str) -> tuple[torch.nn.Module, list
     """(module to call, what to run after each optimizer step) for `wrap`, on the one-rank group."""
     from bittern.distributed import parallelize
     from bittern.distributed.packed import pack_shards
-    from bittern.kernels import set_weight_cache
 
     packed, keep = wrap == "fsdp-packed", wrap == "fsdp-keep"
-    set_weight_cache(wrap == "ddp")  # as the trainer: FSDP2 reshards the weights every step
     mode = "ddp" if wrap == "ddp" else "fsdp"
     device, bucket = torch.device(DEVICE), DistConfig.bucket_cap_mb
     wrapped = parallelize(model, mode, device, bucket, torch.bfloat16, packed, reshard_after_forward=not keep)
@@ -132,36 +140,32 @@ def one_rank_group() -> None:
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
-def make_step(model, forward, loss_fn, optimizer, batches, after_step=()):
-    """One optimizer step over the micro-batches `batches(step)` yields; returns the mean loss (synced)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+@dataclass
+class Steps:
+    """`step(i)`: the trainer's `TrainStep` on the micro-batches `batches(i)`; returns the mean loss."""
 
-    def step(i: int) -> float:
-        total = torch.zeros((), device=DEVICE)
-        micro = list(batches(i))
-        for x, y in micro:
-            with torch.autocast(DEVICE, dtype=torch.bfloat16):
-                logits = forward(x)
-            loss = loss_fn(logits, y)
-            (loss / len(micro)).backward()
-            total += loss.detach()
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-        optimizer.step()
-        for hook in after_step:
-            hook()
-        optimizer.zero_grad(set_to_none=True)
-        return (total / len(micro)).item()
+    train_step: TrainStep
+    batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
-    return step
+    def __call__(self, i: int) -> float:
+        return self.train_step(self.batches(i)).loss  # its one host sync: the clock sees the whole step
+
+
+def make_step(model, forward, loss_fn, optimizer, batches, after_step=(), accum: int = 1) -> Steps:
+    """The trainer's step (bf16 autocast, global-norm clipping at 1.0, no guard) over `batches(i)`."""
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            logits = forward(x)
+        return loss_fn(logits, y)
+
+    clipper = GradClipper(ClipConfig(mode="norm", max_norm=1.0))
+    return Steps(TrainStep(model, optimizer, loss, clipper, accum=accum, after_update=after_step), batches)
 
 
 def release() -> None:
-    """Free what the last variant left behind (compiled graphs, cached blocks, cached codes)."""
-    from bittern.kernels import clear_weight_cache, set_weight_cache
-
+    """Free what the last variant left behind (compiled graphs, cached blocks)."""
     torch._dynamo.reset()
-    clear_weight_cache()
-    set_weight_cache(True)
     gc.collect()
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
@@ -175,7 +179,7 @@ def variant_step(
 ):
     """(model, step(i) -> loss): `preset` built as `variant`, inside `wrap`, with its optimizer,
     training on synthetic random tokens, `batch` sequences of `seq` per step."""
-    model = build(preset, variant, vocab, seq)
+    model = build(preset, variant, vocab, seq, cache_codes=wrap in ("none", "ddp"))  # FSDP2: no codes kept
     forward, loss_fn = compiled_parts(model, variant, compile_mode)
     after_step = []
     if wrap != "none":  # the blocks compiled first, as the trainer does
@@ -402,7 +406,7 @@ def learn(variant: Variant, args, vocab: int, train, val) -> dict:
     model = build(args.learn_preset, variant, vocab, args.seq)
     forward, loss_fn = compiled_parts(model, variant, args.compile)
     optimizer = build_optimizer(model, OptimConfig(lr=args.lr))
-    step = make_step(model, forward, loss_fn, optimizer, train)
+    step = make_step(model, forward, loss_fn, optimizer, train, accum=args.accum)
     warmup = max(1, args.steps // 10)
     curve, val_curve = {}, {}
     for i in range(args.steps):
@@ -524,11 +528,7 @@ def main() -> int:
         p.error("--wraps needs --compile regional (blocks compiled before wrapping) and no --equal-learning")
     global DEVICE
     DEVICE = args.device
-    if DEVICE == "cpu":  # let BitLinear take the fused path on the CPU, as the kernel tests do
-        from bittern.kernels import dispatch
-
-        dispatch.FAST_DEVICE_TYPES, dispatch._available = ("cuda", "cpu"), True
-    elif not torch.cuda.is_available():
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         print("train_throughput needs a CUDA GPU", file=sys.stderr)
         return 2
     if args.equal_learning:

@@ -1,4 +1,4 @@
-"""Fixtures shared by the trainer, CLI and eval tests: a small prepared corpus and a tiny config."""
+"""Fixtures shared by the tests: a small prepared corpus, a tiny config, the fused path on the CPU."""
 
 from __future__ import annotations
 
@@ -90,3 +90,18 @@ def tiny_config(dataset):
         return config_from_dict(tiny_config_dict(dataset, **sections))
 
     return make
+
+
+@pytest.fixture
+def cpu_kernels():
+    """KernelOptions that run BitLinear's fused path on CPU tensors (the kernels interpreted by Triton).
+
+    Skips without Triton or its interpreter (TRITON_INTERPRET=1, which tests/kernels and tests/nn set).
+    """
+    pytest.importorskip("triton")
+    from bittern.kernels import available
+    from bittern.nn import KernelOptions
+
+    if not available("cpu"):
+        pytest.skip("the kernels run on CPU tensors only under Triton's interpreter")
+    return KernelOptions(devices=("cuda", "cpu"))

@@ -1,6 +1,6 @@
 """What every Triton kernel here shares: interpreter detection, rounding, per-row int8 quantization.
 
-Importing this module imports Triton; `bittern.kernels.dispatch` checks that Triton is there
+Importing this module imports Triton; `bittern.kernels.availability` checks that Triton is there
 before anything imports it. Under `TRITON_INTERPRET=1` the kernels run on the CPU through
 Triton's interpreter (numpy), which has no libdevice and no run-time loop bounds: rounding
 takes the magic-number route there, casts to bfloat16 round in integer arithmetic (the

@@ -8,19 +8,16 @@ grad_input through W_q * gamma, then the norm's backward; grad_weight = grad^T @
 Numerically it is the reference layer with one difference: the forward product is exact
 (int32) where the reference rounds its operands to the autocast dtype.
 
-The weight's codes come from `WEIGHT_CACHE` (one ternarization per optimizer step), bound to
-the layer so that a compiled graph takes them as inputs; with the cache off (FSDP2), from
-`ternarize` inside the forward.
+Everything here takes tensors and plain settings: the weight's codes and gamma come in as
+arguments (the layer keeps and refreshes them, `bittern.nn.fastpath`; or `ternarize` made them
+in the same graph), so a compiled graph takes them as inputs.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 import bittern.kernels.ops  # noqa: F401  (registers torch.ops.bittern.*)
-from bittern.kernels.dispatch import CODES_ATTR, lambdas_are_one
-from bittern.kernels.weightcache import WEIGHT_CACHE
 
 ops = torch.ops.bittern
 
@@ -67,70 +64,51 @@ class BitLinearFunction(torch.autograd.Function):
         return dx, dnorm, dweight, None, None, None, None, None, None, None
 
 
-def output_dtype(layer: nn.Module, x: torch.Tensor) -> torch.dtype:
-    """The dtype the reference path's F.linear returns: autocast's, else the norm's output dtype."""
+def output_dtype(x: torch.Tensor, norm_weight: torch.Tensor | None) -> torch.dtype:
+    """The dtype the reference layer's F.linear returns: autocast's, else the norm's output dtype."""
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
-    return x.dtype if layer.norm is None else torch.promote_types(layer.norm.weight.dtype, x.dtype)
+    return x.dtype if norm_weight is None else torch.promote_types(norm_weight.dtype, x.dtype)
 
 
-def weight_codes(
-    layer: nn.Module, transposed: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(codes, gamma, codes^T or None) of `layer.weight`: cached and bound to the layer, or fresh.
-
-    Eagerly the cache is asked on every call (it refreshes codes whose weight changed) and the
-    answer bound to the layer; a compiled graph reads the bound tensors (refreshed in place
-    after every optimizer step; `bittern.kernels.refresh` re-checks them after other writes).
-    """
-    o = layer.options
-    per_channel = o.granularity == "channel"
-    if not WEIGHT_CACHE.enabled:
-        codes, gamma = ops.ternarize(layer.weight.detach(), o.gamma_multiplier, per_channel)
-        return codes, gamma, None
-    bound = getattr(layer, CODES_ATTR, None)
-    if torch.compiler.is_compiling():
-        if bound is None or (transposed and bound[2] is None):  # never run eagerly nor configured
-            codes, gamma = ops.ternarize(layer.weight.detach(), o.gamma_multiplier, per_channel)
-            return codes, gamma, None
-        return bound
-    bound = WEIGHT_CACHE.lookup(layer.weight, o.gamma_multiplier, per_channel, transposed)
-    setattr(layer, CODES_ATTR, bound)
-    return bound
+def ternarize(
+    weight: torch.Tensor, gamma_multiplier: float, per_channel: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes int8, gamma float32 (1,) or (out,)) of a weight, fresh (inside a compiled graph too)."""
+    return ops.ternarize(weight.detach(), gamma_multiplier, per_channel)
 
 
-def _check_lambda(layer: nn.Module) -> None:
-    """Refuse a layer whose progressive-quantization lambda is not 1 (the kernels compute lambda = 1)."""
-    if not lambdas_are_one(layer):
-        raise RuntimeError(
-            "bittern's fused kernels run only at progressive-quantization lambda = 1; after writing "
-            "lambda other than through BitLinear.set_lambda, call bittern.kernels.configure(model)"
-        )
-
-
-def bitlinear_fast(
-    layer: nn.Module, x: torch.Tensor, grad_input_int8: bool = False, grad_weight_int8: bool = False
+def bitlinear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    codes: torch.Tensor,
+    gamma: torch.Tensor,
+    codes_t: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    grad_input_int8: bool = False,
+    grad_weight_int8: bool = False,
 ) -> torch.Tensor:
-    """BitLinear `layer` applied to x (..., in_features) through `BitLinearFunction` (lambda must be 1)."""
-    _check_lambda(layer)
+    """x (..., in) through RMSNorm (if `norm_weight`), int8 activations and the ternary `codes` * gamma.
+
+    `weight` is the latent weight the gradient goes to; `codes_t` (the codes transposed, for the
+    int8 grad_input) is made in the backward when None. No bias: the caller adds it.
+    """
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    norm = layer.norm
-    w_codes, gamma, w_codes_t = weight_codes(layer, grad_input_int8)
     y = BitLinearFunction.apply(
         x2,
-        None if norm is None else norm.weight,
-        layer.weight,
-        w_codes,
+        norm_weight,
+        weight,
+        codes,
         gamma,
-        w_codes_t,
-        0.0 if norm is None else norm.eps,
-        output_dtype(layer, x),
+        codes_t,
+        eps,
+        output_dtype(x, norm_weight),
         grad_input_int8,
         grad_weight_int8,
     )
-    y = y.reshape(*lead, y.shape[-1])
-    return y if layer.bias is None else y + layer.bias.to(y.dtype)
+    return y.reshape(*lead, y.shape[-1])
 
 
 class BitLinearGroupFunction(torch.autograd.Function):
@@ -179,28 +157,27 @@ class BitLinearGroupFunction(torch.autograd.Function):
         return None, dx, *dnorms, *dweights, *([None] * (3 * n))
 
 
-def bitlinear_group_fast(
-    layers: list[nn.Module], x: torch.Tensor, grad_input_int8: bool = False, grad_weight_int8: bool = False
+def bitlinear_group(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    codes: list[torch.Tensor],
+    gammas: list[torch.Tensor],
+    codes_t: list[torch.Tensor | None],
+    norm_weights: list[torch.Tensor],
+    eps: float,
+    grad_input_int8: bool = False,
+    grad_weight_int8: bool = False,
 ) -> list[torch.Tensor]:
-    """Each BitLinear of `layers` (2-3, each with a norm, same eps) applied to the same x, fused."""
-    for layer in layers:
-        _check_lambda(layer)
+    """`bitlinear` of 2-3 layers (each with a norm, one eps) on the same x, their norms in one pass."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    codes = [weight_codes(layer, grad_input_int8) for layer in layers]
     settings = (
-        len(layers),
-        layers[0].norm.eps,
-        output_dtype(layers[0], x),
+        len(weights),
+        eps,
+        output_dtype(x, norm_weights[0]),
         grad_input_int8,
         grad_weight_int8,
-        tuple(layer.weight.dtype for layer in layers),
+        tuple(w.dtype for w in weights),
     )
-    tensors = [layer.norm.weight for layer in layers] + [layer.weight for layer in layers]
-    tensors += [c[0] for c in codes] + [c[1] for c in codes] + [c[2] for c in codes]
-    ys = BitLinearGroupFunction.apply(settings, x2, *tensors)
-    out = []
-    for layer, y in zip(layers, ys, strict=True):
-        y = y.reshape(*lead, y.shape[-1])
-        out.append(y if layer.bias is None else y + layer.bias.to(y.dtype))
-    return out
+    ys = BitLinearGroupFunction.apply(settings, x2, *norm_weights, *weights, *codes, *gammas, *codes_t)
+    return [y.reshape(*lead, y.shape[-1]) for y in ys]

@@ -4,22 +4,17 @@ x is (M, K) with its rows sorted by expert, counts[e] rows each; w is (E, N, K) 
 (out, in) layout. `grouped_mm` takes torch._grouped_mm (one kernel for all experts) for bf16 on
 CUDA where this torch has it, else one matmul per row block. `grouped_ternary_linear` is the
 ternary experts' forward at lambda 1 on the Triton int8 x ternary kernel
-(bittern.kernels.grouped_ternary), with a straight-through backward.
+(bittern.kernels.grouped_ternary), with a straight-through backward; whether experts take it is
+decided in `bittern.nn.fastpath`.
 
 This module imports no Triton; the kernel module is imported on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from torch import nn
 
-from bittern.kernels import dispatch
 from bittern.quant.core import dequantize_activations, dequantize_weight, quantize_activations, ternarize
-
-TRITON_GRANULARITIES = ("tensor", "channel")
 
 
 def _autocast_dtype(t: torch.Tensor) -> torch.dtype:
@@ -56,23 +51,6 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.
         offs = counts.cumsum(0).to(torch.int32)
         return torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)
     return grouped_mm_loop(x, w, counts)
-
-
-def grouped_ternary_available(layers: Sequence[nn.Module], x: torch.Tensor) -> bool:
-    """Ternary experts `layers` take the Triton kernel: CUDA (tests add "cpu"), Triton, lambda 1."""
-    if x.device.type not in dispatch.FAST_DEVICE_TYPES or torch.compiler.is_compiling():
-        return False
-    first = layers[0]
-    if first.options.granularity not in TRITON_GRANULARITIES:
-        return False
-    if (
-        not getattr(first, dispatch.OPTIONS_ATTR, dispatch.DEFAULT_OPTIONS).enabled
-        or first.weight_prequantized
-    ):
-        return False
-    from bittern.kernels.grouped_ternary import available
-
-    return available() and all(dispatch.lambdas_are_one(layer) for layer in layers)
 
 
 def _quantize_experts(w: torch.Tensor, granularity: str, gamma_multiplier: float):
@@ -114,20 +92,22 @@ class _GroupedTernary(torch.autograd.Function):
         return grad_x, grad_w.to(ctx.w_dtype), None, None, None
 
 
-def grouped_ternary_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, options) -> torch.Tensor:
-    """BitLinear's forward (already normed x) for every expert at once: (x_q @ W_q[e]^T) * gamma_e / s_x."""
-    return _GroupedTernary.apply(x, w, counts, options.granularity, options.gamma_multiplier)
+def grouped_ternary_linear(
+    x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, granularity: str, gamma_multiplier: float
+) -> torch.Tensor:
+    """BitLinear's forward (already normed x) for every expert at once: (x_q @ W_q[e]^T) * gamma_e / s_x.
+
+    `granularity` "tensor" or "channel" (of each expert's weight), as BitLinearOptions names it.
+    """
+    return _GroupedTernary.apply(x, w, counts, granularity, gamma_multiplier)
 
 
 def grouped_ternary_reference(
-    x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, options
+    x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, granularity: str, gamma_multiplier: float
 ) -> torch.Tensor:
     """The same product from the reference quantizers and `grouped_mm_loop`, for tests."""
     xq = dequantize_activations(*quantize_activations(x))
     wq = torch.stack(
-        [
-            dequantize_weight(*ternarize(we, options.granularity, gamma_multiplier=options.gamma_multiplier))
-            for we in w
-        ]
+        [dequantize_weight(*ternarize(we, granularity, gamma_multiplier=gamma_multiplier)) for we in w]
     )
     return grouped_mm_loop(xq, wq, counts)

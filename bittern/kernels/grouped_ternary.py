@@ -6,7 +6,8 @@ one launch for all experts. The grid's row tiles are laid out on the device from
 the host. The int8 products accumulate exactly in int32, as in bittern.kernels.int8_mm; loop
 bounds are constexpr and masks vector & vector so Triton's interpreter runs it too.
 
-Importing this module imports Triton; bittern.kernels.grouped imports it only when used.
+Importing this module imports Triton; bittern.kernels.grouped imports it only when used, and
+`bittern.kernels.available` says where it runs.
 """
 
 from __future__ import annotations
@@ -16,13 +17,6 @@ import triton
 import triton.language as tl
 
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 64
-
-
-def available() -> bool:
-    """The kernel runs here: Triton's interpreter, or a CUDA GPU with int8 tensor cores (sm_80+)."""
-    if triton.knobs.runtime.interpret:
-        return True
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 
 
 @triton.jit

@@ -6,8 +6,8 @@ the Triton kernels from its own generated code, with no Python op dispatch per c
 Triton's interpreter (the CPU tests) they are opaque custom ops with the same bodies.
 
 Every op is a pure function of its inputs. The ternary codes of a weight come in as tensors:
-the cached ones (`WeightCache`, refreshed in place after each optimizer step), or, with the
-cache off, the output of `ternarize` inside the same graph.
+the ones a layer keeps (rewritten in place after each optimizer step), or, where the layer keeps
+none (FSDP2), the output of `ternarize` inside the same graph.
 """
 
 import torch

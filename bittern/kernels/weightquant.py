@@ -1,4 +1,4 @@
-"""Ternary weight quantization on the device (the kernels that fill the weight-code cache).
+"""Ternary weight quantization on the device (the kernels that make and refresh a layer's codes).
 
 Mirrors `bittern.quant.ternarize` for per-tensor and per-channel scales: gamma =
 max(mean|W|, EPS) * multiplier, W_q = clamp(round(W / gamma), -1, 1) as int8 in the
@@ -6,8 +6,9 @@ weight's own (out, in) layout, K-contiguous as Hopper's int8 tensor cores want i
 is reduced on the device in two launches (partial sums, then every program of the
 quantizing launch sums the partials itself), so nothing waits on the host.
 
-Its cache (`bittern.kernels.weightcache.WEIGHT_CACHE`) holds the codes between optimizer steps;
-this module, which fills it, registers the optimizer hook that refreshes it after each step.
+`ternarize_weight(..., out=(codes, gamma))` rewrites codes in place: a layer keeps its codes
+between optimizer steps and whoever steps the optimizer rewrites them after each step
+(`bittern.kernels.coderefresh`, driven by `bittern.nn.CodeRefresher`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from bittern.kernels.common import INTERPRET, launch, round_half_even, round_to
-from bittern.kernels.weightcache import WEIGHT_CACHE
 from bittern.quant.core import ternarize
 
 MAX_PARTIALS = 1024
@@ -134,7 +133,7 @@ def ternarize_weight(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Kernel version of `ternarize_reference` for a contiguous (out, in) weight.
 
-    `out`: (codes, gamma) tensors to write in place (the cache refreshes its entries so).
+    `out`: (codes, gamma) tensors to write in place (a layer's codes are refreshed so).
     """
     assert w.dim() == 2 and w.is_contiguous()
     N, K = w.shape
@@ -196,8 +195,3 @@ def dequantize_weight(codes: torch.Tensor, gamma: torch.Tensor, dtype: torch.dty
         num_warps=4,
     )
     return out
-
-
-# any optimizer's step (fused ones included) may have rewritten any weight: refresh the codes
-# now, in place, so that compiled graphs holding them see the new ones
-register_optimizer_step_post_hook(lambda optimizer, args, kwargs: WEIGHT_CACHE.refresh_all())

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bittern.kernels.grouped import grouped_mm, grouped_ternary_available, grouped_ternary_linear
+from bittern.kernels.grouped import grouped_mm, grouped_ternary_linear
 from bittern.models.config import ModelConfig
 from bittern.nn.bitlinear import BitLinear
+from bittern.nn.fastpath import experts_take_fast_path
 from bittern.quant.ste import fake_quant_activations
 
 EXPERT_PATHS = ("grouped", "loop")
@@ -127,8 +128,10 @@ def grouped_linear(
     if first.norm is not None:
         norm_w = torch.stack([layer.norm.weight for layer in layers])
         x = _row_norm(x, norm_w, rows_expert, first.norm.eps)
-    if grouped_ternary_available(layers, x):
-        y = grouped_ternary_linear(x, torch.stack([layer.weight for layer in layers]), counts, first.options)
+    if experts_take_fast_path(layers, x):
+        o = first.options
+        w = torch.stack([layer.weight for layer in layers])
+        y = grouped_ternary_linear(x, w, counts, o.granularity, o.gamma_multiplier)
     else:
         xq = fake_quant_activations(x, first.act_lambda, first.options.ste)
         w = torch.stack([layer.quantized_weight() for layer in layers])

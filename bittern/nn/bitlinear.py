@@ -10,14 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bittern.kernels.dispatch import (
-    HOST_SCALARS,
-    LAMBDA_ATTR,
-    fast_forward,
-    fast_forward_group,
-    use_fast_path,
-    use_group_fast_path,
-)
+from bittern.nn import fastpath
 from bittern.nn.norm import RMSNorm
 from bittern.quant.core import GRANULARITIES
 from bittern.quant.ste import STE_FORMS, fake_quant_activations, fake_quant_weight
@@ -59,6 +52,11 @@ class BitLinear(nn.Linear):
     With quant="none" it is exactly nn.Linear (no norm, no quantization).
     `weight_prequantized` is set from outside when `.weight`, as the forward sees it, already
     is codes * gamma of the latent weight (FSDP2's packed all-gather gathers it so).
+
+    The fused-kernel path's state is the layer's own (`bittern.nn.fastpath` reads it):
+    `kernel_options`, the host records `lambda_is_one` / `lambda_zero` of the lambda buffers, and
+    the weight's ternary codes (`ternary_codes`, `ternary_gamma`, `ternary_codes_t`), which
+    `bittern.nn.refresh_ternary_codes(model)` rewrites after `optimizer.step()`.
     """
 
     weight_prequantized: bool = False
@@ -86,8 +84,14 @@ class BitLinear(nn.Linear):
             self.norm.to(device=device, dtype=dtype)
         self.register_buffer("weight_lambda", torch.ones((), device=device), persistent=False)
         self.register_buffer("act_lambda", torch.ones((), device=device), persistent=False)
-        setattr(self, LAMBDA_ATTR, True)
-        self.lambda_zero = (False, False)  # host record of (weight, act) lambda == 0, by set_lambda
+        self.kernel_options = fastpath.DEFAULT_OPTIONS
+        self.lambda_is_one = True  # host records of the lambda buffers (set_lambda, sync_lambda)
+        self.lambda_zero = (False, False)  # (weight lambda == 0, act lambda == 0)
+        self._lambda_seen = self._lambda_versions()
+        self.ternary_codes: torch.Tensor | None = None  # the fast path's codes of `weight` (int8)
+        self.ternary_gamma: torch.Tensor | None = None  # their scale, float32 (1,) or (out,)
+        self.ternary_codes_t: torch.Tensor | None = None  # the codes transposed (int8 grad_input)
+        self.ternary_source: tuple | None = None  # what they were made from (fastpath.source)
 
     @property
     def quantized(self) -> bool:
@@ -96,7 +100,7 @@ class BitLinear(nn.Linear):
     def quantized_weight(self) -> torch.Tensor:
         """The (blended) weight the forward multiplies by, straight-through to `.weight`."""
         if self.weight_prequantized:  # identity, hence the straight-through gradient; lambda is 1
-            assert getattr(self, LAMBDA_ATTR), "a pre-quantized weight cannot blend in full precision"
+            assert self.lambda_is_one, "a pre-quantized weight cannot blend in full precision"
             return self.weight
         o = self.options
         return fake_quant_weight(
@@ -106,8 +110,8 @@ class BitLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.quantized:
             return F.linear(x, self.weight, self.bias)
-        if use_fast_path(self, x):  # fused Triton kernels on CUDA (bittern.kernels.dispatch says when)
-            return fast_forward(self, x)
+        if fastpath.takes_fast_path(self, x):  # fused Triton kernels on CUDA (bittern.nn.fastpath says when)
+            return fastpath.fused_forward(self, x)
         if self.norm is not None:
             x = self.norm(x)
         weight_zero, act_zero = self._lambdas_zero()
@@ -118,14 +122,31 @@ class BitLinear(nn.Linear):
     def _lambdas_zero(self) -> tuple[bool, bool]:
         """(weight lambda == 0, act lambda == 0): x + 0 * (q(x) - x) is x, so the quantizer is skipped.
 
-        Eager calls read the buffers (a host read only when one was written since the last call);
-        a compiled graph goes by what `set_lambda` recorded.
+        Eager calls re-read the buffers if written since; a compiled graph goes by the records.
         """
-        if torch.compiler.is_compiling():
-            return self.lambda_zero
-        zero = (HOST_SCALARS.value(self.weight_lambda) == 0.0, HOST_SCALARS.value(self.act_lambda) == 0.0)
-        self.lambda_zero = zero
-        return zero
+        if not torch.compiler.is_compiling():
+            self.sync_lambda()
+        return self.lambda_zero
+
+    def _lambda_versions(self) -> tuple[int, ...]:
+        w, a = self.weight_lambda, self.act_lambda
+        return (w.data_ptr(), w._version, a.data_ptr(), a._version)
+
+    def _record_lambda(self, weight: float, act: float) -> None:
+        self.lambda_is_one = weight == 1.0 and act == 1.0  # what a compiled model goes by
+        self.lambda_zero = (weight == 0.0, act == 0.0)
+        self._lambda_seen = self._lambda_versions()
+
+    def sync_lambda(self) -> None:
+        """Re-read the lambda buffers into the host records if they were written since the last read.
+
+        One host synchronization per change of lambda (eager calls do this themselves; a
+        compiled model whose buffers were written other than by `set_lambda` needs
+        `bittern.nn.configure_fast_path` again).
+        """
+        if self._lambda_seen != self._lambda_versions():
+            weight, act = torch.stack((self.weight_lambda.float(), self.act_lambda.float())).tolist()
+            self._record_lambda(weight, act)
 
     def set_lambda(self, weight: float, act: float | None = None) -> None:
         """Set the progressive-quantization blend (1 = fully quantized)."""
@@ -135,8 +156,7 @@ class BitLinear(nn.Linear):
                 raise ValueError(f"lambda must be in [0, 1], got {value}")
         self.weight_lambda.fill_(weight)
         self.act_lambda.fill_(act)
-        setattr(self, LAMBDA_ATTR, weight == 1.0 and act == 1.0)  # what a compiled model goes by
-        self.lambda_zero = (weight == 0.0, act == 0.0)
+        self._record_lambda(weight, act)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -163,7 +183,7 @@ def apply_shared(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Ten
     if (
         all(isinstance(layer, BitLinear) and layer.quantized for layer in layers)
         and not (nn.modules.module._global_forward_pre_hooks or nn.modules.module._global_forward_hooks)
-        and use_group_fast_path(layers, x)
+        and fastpath.group_takes_fast_path(layers, x)
     ):
         for layer in layers:
             for hook in layer._forward_pre_hooks.values():
@@ -171,5 +191,5 @@ def apply_shared(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Ten
                     raise RuntimeError(
                         f"a forward pre-hook of {layer!r} replaced its input: unsupported here"
                     )
-        return fast_forward_group(layers, x)
+        return fastpath.fused_forward_group(layers, x)
     return [layer(x) for layer in layers]

@@ -1,5 +1,6 @@
-"""Training: the loop, optimizer groups, schedules."""
+"""Training: the loop, one optimizer step (`TrainStep`), optimizer groups, schedules."""
 
+from bittern.train.step import StepOutcome, TrainStep
 from bittern.train.trainer import Trainer, TrainResult, train
 
-__all__ = ["TrainResult", "Trainer", "train"]
+__all__ = ["StepOutcome", "TrainResult", "TrainStep", "Trainer", "train"]

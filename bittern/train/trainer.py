@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import sys
 import time
 import tomllib
@@ -18,7 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from bittern.checkpoint import (
@@ -33,11 +31,9 @@ from bittern.checkpoint.sharded import load_training, save_training
 from bittern.config import Config, config_from_dict, to_toml
 from bittern.distributed import (
     any_across_ranks,
-    average_gradients,
     barrier,
     init_distributed,
     local_device,
-    mean_across_ranks,
     parallelize,
     set_gradient_sync,
     shutdown,
@@ -47,9 +43,6 @@ from bittern.distributed.expert_parallel import check_expert_parallel, expert_pa
 from bittern.distributed.packed import check_packed_all_gather, pack_shards
 from bittern.errors import BitternError, TrainingStopped
 from bittern.eval import figures, rank_share, scope, score_windows, val_windows
-from bittern.kernels import configure as configure_kernels
-from bittern.kernels import refresh as refresh_kernels
-from bittern.kernels import set_weight_cache
 from bittern.models import build_model
 from bittern.monitor import (
     Alerts,
@@ -64,8 +57,9 @@ from bittern.monitor import (
     truncate_metrics,
 )
 from bittern.monitor.moe import MoEMonitor
+from bittern.nn import KernelOptions, configure_fast_path
 from bittern.runtime import autocast, resolve_device, resolve_precision
-from bittern.train.clip import GradClipper, per_layer_grad_norms
+from bittern.train.clip import GradClipper
 from bittern.train.compiling import backend as compile_backend
 from bittern.train.compiling import compile_blocks, compiled_cross_entropy, cross_entropy
 from bittern.train.data import open_dataset, resolved_tokenizer
@@ -78,6 +72,7 @@ from bittern.train.rng import rng_state, seed_everything, set_rng_state
 from bittern.train.scaling import DynamicLossScaler, alpha_scale
 from bittern.train.schedule import lr_multiplier, warmup_steps, weight_decay_at
 from bittern.train.signals import EXIT_GAVE_UP, EXIT_PREEMPTED, StopRequest
+from bittern.train.step import StepOutcome, TrainStep
 from bittern.train.teacher import load_teacher
 
 
@@ -91,14 +86,6 @@ class TrainResult:
     is_main: bool = True
     val_scope: str = ""  # what the validation scored (bittern.eval.scope)
     already_complete: bool = False  # resumed at or past train.steps: nothing was trained
-
-
-@dataclass
-class StepOutcome:
-    loss: float
-    grad_norm: float
-    action: str  # ok | skip | rollback | overflow
-    reason: str = ""
 
 
 def _check_compatible(saved: Config, cfg: Config) -> None:
@@ -149,10 +136,11 @@ class Trainer:
             load_init(self.model, init)
         self.model.to(self.device)
         self.layer_lambdas = LayerLambdas(cfg.init, cfg.model.n_layers, cfg.progressive.activations)
-        configure_kernels(self.model, cfg.kernels)
         self.fsdp = self.dist.enabled and cfg.dist.mode == "fsdp"
         self.packed = self.fsdp and cfg.dist.packed_all_gather  # ignored on one process, like dist.mode
-        set_weight_cache(not self.fsdp)
+        k = cfg.kernels  # FSDP2 refills the unsharded weights every step: no codes kept between steps
+        self.kernel_options = KernelOptions(k.enabled, k.grad_input_int8, k.grad_weight_int8, not self.fsdp)
+        configure_fast_path(self.model, self.kernel_options)
         param_dtype = torch.bfloat16 if self.precision == "bf16" else None
         if t.compile:  # block by block, before DDP/FSDP2 wrap them (bittern.train.compiling)
             compile_blocks(self.model)
@@ -178,6 +166,20 @@ class Trainer:
         self.scaler = DynamicLossScaler(cfg.loss_scale) if self.precision == "fp16" else None
         self.clipper = GradClipper(cfg.clip)
         self.guard = StabilityGuard(cfg.guard)
+        self.step_fn = TrainStep(
+            self.model,
+            self.optimizer,
+            self._loss,
+            self.clipper,
+            accum=self.accum,
+            gradient_sync=self._gradient_sync,
+            scaler=self.scaler,
+            guard=self.guard,
+            dist=self.dist,
+            extra_params=list(self.loss_fn.parameters()) if self.loss_fn is not None else (),
+            expert_params=self.expert_params,
+            after_update=[lambda: pack_shards(self.model)] if self.packed else (),  # for the next all-gathers
+        )
         self.plateau = PlateauWatch(cfg.guard.plateau_patience)
         self.alerts = Alerts(
             grad_norm_threshold=cfg.guard.alert_grad_norm,
@@ -355,35 +357,31 @@ class Trainer:
         cap = quant_lambda(self.step, total, prog, self.progressive_start)
         lam = self.layer_lambdas.apply(self.model, self.step, cap=cap)  # per block: init.strategy
         if lam != self.quant_lambda:
-            configure_kernels(self.model, c.kernels)  # the fused path runs only at lambda 1
+            configure_fast_path(self.model, self.kernel_options)  # the fused path runs only at lambda 1
             self.quant_lambda = lam
         lr = c.optim.lr * self.guard.lr_factor * lr_multiplier(self.step, total, c.schedule)
         wd = weight_decay_at(self.step, total, c.schedule, c.optim.weight_decay)
         apply_lr_and_wd(self.optimizer, lr, wd)
         return lr, wd
 
-    def _forward_backward(self, alpha: float) -> torch.Tensor:
-        """Accumulate gradients over the micro-batches of this step; return the mean loss."""
-        t, g = self.cfg.train, self.cfg.guard
+    def _micro_batches(self):
+        """This rank's micro-batches of this step, on the device, loaded one at a time."""
+        t = self.cfg.train
         batch = self.step + self.data_offset
-        refresh_kernels(self.model)  # weights written outside an optimizer step (a rollback, a resume)
-        total = torch.zeros((), device=self.device)
-        self.loss_parts: dict[str, torch.Tensor] = {}
         for m in range(self.accum):
-            last = m == self.accum - 1
             start = self.rank * self.per_rank + m * self.micro
             x, y = self.data.train_batch(t.seed, batch, t.batch_size, t.seq_len, start, self.micro)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self._gradient_sync(last):
-                loss = self._micro_batch_loss(x, y)
-                if self.moe:  # the MoE layers' balancing and z-losses
-                    loss = loss + self.moe.collect(self.model)
-                if batch == g.inject_nan_step and g.inject_nan_rank in (-1, self.rank):
-                    loss = loss * float("nan")  # test-only fault injection
-                scaled = loss * (alpha / self.accum)
-                (self.scaler.scale_loss(scaled) if self.scaler else scaled).backward()
-            total += loss.detach()
-        return mean_across_ranks(total / self.accum, self.dist)
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One micro-batch's loss: the loss.* terms, the MoE layers' balancing and z-losses."""
+        g = self.cfg.guard
+        loss = self._micro_batch_loss(x, y)
+        if self.moe:
+            loss = loss + self.moe.collect(self.model)
+        if self.step + self.data_offset == g.inject_nan_step and g.inject_nan_rank in (-1, self.rank):
+            loss = loss * float("nan")  # test-only fault injection
+        return loss
 
     def _build_losses(self):
         """The loss terms of loss.*, and the frozen teacher when a term needs one."""
@@ -440,35 +438,13 @@ class Trainer:
         """One optimizer step (or a judged skip); advances self.step either way."""
         c = self.cfg
         alpha = alpha_scale(self.prev_grad_norm, c.loss_scale) if c.loss_scale.alpha else 1.0
-        loss = self._forward_backward(alpha)
-        if self.loss_fn is not None:  # its projections are outside the wrapped model
-            average_gradients(list(self.loss_fn.parameters()), self.dist)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        finite = True
-        if self.scaler:  # fp16: one rank's overflow skips the step on every rank
-            finite = not any_across_ranks(not self.scaler.unscale_and_check(params), self.device, self.dist)
-        norm = self.clipper.clip(params, split=self.expert_params)["grad_norm"]
-        if isinstance(norm, DTensor):  # FSDP2: the sharded gradients' norm, reduced over ranks
-            norm = norm.full_tensor()
-        # one host synchronization for both (the guard judges on the host)
-        loss, grad_norm = torch.stack([loss.float().reshape(()), norm.to(loss.device).reshape(())]).tolist()
-        self.layer_norms = per_layer_grad_norms(self.model) if want_layer_norms else {}
-        if self.scaler and not finite:
-            outcome = StepOutcome(loss, grad_norm, "overflow", "fp16 overflow")
-            self.guard.skip_overflow()
-        else:
-            verdict = self.guard.judge(loss, math.isfinite(grad_norm))
-            outcome = StepOutcome(loss, grad_norm, verdict.action, verdict.reason)
+        self.loss_parts: dict[str, torch.Tensor] = {}
+        outcome = self.step_fn(self._micro_batches(), alpha, want_layer_norms)
+        self.layer_norms = outcome.layer_norms
         if outcome.action == OK:
-            self.optimizer.step()
-            if self.packed:
-                pack_shards(self.model)  # for the next all-gathers (one all-reduce)
-            self.prev_grad_norm = grad_norm
-        self.optimizer.zero_grad(set_to_none=True)
+            self.prev_grad_norm = outcome.grad_norm
         if self.moe:  # routing biases move only with the weights
             self.moe.end_step(self.dist, update_bias=outcome.action == OK)
-        if self.scaler:
-            self.scaler.update(finite)
         self.step += 1
         self.tokens_seen += c.train.batch_size * c.train.seq_len
         return outcome
@@ -477,7 +453,7 @@ class Trainer:
         """Validation figures of the same windows on any layout: the first train.eval_batches x
         train.batch_size windows of the split (0: all), shared out over the ranks and summed."""
         t = self.cfg.train
-        refresh_kernels(self.model)
+        self.step_fn.codes.sync()  # weights loaded since the last step (a compiled model cannot see it)
         total = val_windows(self.data, t.seq_len)
         n = min(total, t.eval_batches * t.batch_size) if t.eval_batches else total
         batches = -(-len(rank_share(n, 0, self.world)) // self.micro)  # rank 0 has the longest share

@@ -1,11 +1,11 @@
-"""The fused BitLinear (autograd.Function over custom ops) against the reference layer, and opcheck."""
+"""The fused BitLinear (an autograd.Function over custom ops, on tensors) against the reference layer."""
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from bittern.kernels.function import bitlinear_fast  # noqa: E402
+from bittern.kernels.function import bitlinear, ternarize  # noqa: E402
 from bittern.nn import BitLinear  # noqa: E402
 
 ops = torch.ops.bittern
@@ -28,6 +28,21 @@ def _layer(seed=0, in_f=48, out_f=40, **options) -> BitLinear:
     return layer
 
 
+def _fused(layer: BitLinear, grad_input_int8=False, grad_weight_int8=False):
+    """x -> the kernels' BitLinear on the layer's tensors (its codes made fresh), plus its bias."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        o, norm = layer.options, layer.norm
+        codes, gamma = ternarize(layer.weight, o.gamma_multiplier, o.granularity == "channel")
+        norm_weight, eps = (None, 0.0) if norm is None else (norm.weight, norm.eps)
+        y = bitlinear(
+            x, layer.weight, codes, gamma, None, norm_weight, eps, grad_input_int8, grad_weight_int8
+        )
+        return y if layer.bias is None else y + layer.bias
+
+    return forward
+
+
 def _x(shape=(3, 5, 48), seed=1) -> torch.Tensor:
     return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 2).requires_grad_(True)
 
@@ -46,7 +61,7 @@ def _run(fn, layer, x, seed=2):
 def test_equals_reference_layer_fp32(granularity, norm, bias):
     layer, x = _layer(granularity=granularity, norm=norm, bias=bias, gamma_multiplier=1.3), _x()
     y_ref, g_ref = _run(layer, layer, x)
-    y, g = _run(lambda t: bitlinear_fast(layer, t), layer, x)
+    y, g = _run(_fused(layer), layer, x)
     assert y.dtype == y_ref.dtype == torch.float32
     assert rel_err(y, y_ref) < 1e-6  # the fast product is exact; the reference rounds in fp32
     for a, b in zip(g, g_ref, strict=True):
@@ -57,7 +72,7 @@ def test_equals_reference_under_bf16_autocast():
     layer, x = _layer(), _x()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_ref, g_ref = _run(layer, layer, x)
-        y, g = _run(lambda t: bitlinear_fast(layer, t), layer, x)
+        y, g = _run(_fused(layer), layer, x)
     assert y.dtype == y_ref.dtype == torch.bfloat16
     assert rel_err(y, y_ref) < 1e-2
     for a, b in zip(g, g_ref, strict=True):
@@ -68,7 +83,7 @@ def test_equals_reference_under_bf16_autocast():
 def test_int8_backward_options_stay_close(grad_input_int8, grad_weight_int8):
     layer, x = _layer(in_f=64, out_f=64), _x((4, 16, 64))
     y_ref, g_ref = _run(layer, layer, x)
-    y, g = _run(lambda t: bitlinear_fast(layer, t, grad_input_int8, grad_weight_int8), layer, x)
+    y, g = _run(_fused(layer, grad_input_int8, grad_weight_int8), layer, x)
     assert rel_err(y, y_ref) < 1e-6  # the forward does not change
     dx, dw, dnorm = g
     assert rel_err(dx, g_ref[0]) < (3e-2 if grad_input_int8 else 1e-5)
@@ -80,7 +95,7 @@ def test_saves_int8_codes_not_float_activations():
     layer, x = _layer(norm=False), _x()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        bitlinear_fast(layer, x)
+        _fused(layer)(x)
     activations = [t for t in saved if t.shape == (15, 48)]
     assert [t.dtype for t in activations] == [torch.int8]
 
@@ -88,7 +103,7 @@ def test_saves_int8_codes_not_float_activations():
 def test_frozen_weight_gets_no_gradient():
     layer, x = _layer(), _x()
     layer.weight.requires_grad_(False)
-    bitlinear_fast(layer, x).sum().backward()
+    _fused(layer)(x).sum().backward()
     assert layer.weight.grad is None and x.grad is not None and layer.norm.weight.grad is not None
 
 
@@ -122,10 +137,3 @@ def _op_cases():
 def test_custom_ops_pass_opcheck(case):
     op, args = _op_cases()[case]
     torch.library.opcheck(op, args)
-
-
-def test_forward_refuses_lambda_below_one():
-    layer, x = _layer(), _x()
-    layer.set_lambda(0.5)
-    with pytest.raises(RuntimeError, match="lambda = 1"):
-        bitlinear_fast(layer, x)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bittern.kernels import dispatch
 from bittern.kernels.grouped import (
     grouped_mm,
     grouped_mm_loop,
-    grouped_ternary_available,
     grouped_ternary_linear,
     grouped_ternary_reference,
 )
-from bittern.nn import BitLinear, BitLinearOptions
+from bittern.nn import BitLinear, KernelOptions, configure_fast_path
+from bittern.nn.fastpath import experts_take_fast_path
 from bittern.quant.ste import fake_quant_activations, fake_quant_weight
 
 COUNTS = [torch.tensor([5, 0, 70]), torch.tensor([0, 0, 1]), torch.tensor([64, 64])]
@@ -51,34 +50,45 @@ def test_grouped_ternary_linear_forward_and_straight_through_backward(granularit
     pytest.importorskip("triton")
     torch.manual_seed(0)
     counts = torch.tensor([7, 0, 20])
-    opts = BitLinearOptions(granularity=granularity)
     x = torch.randn(27, 40, requires_grad=True)
     w = torch.randn(3, 24, 40, requires_grad=True)
-    y = grouped_ternary_linear(x, w, counts, opts)
-    torch.testing.assert_close(y, grouped_ternary_reference(x, w, counts, opts), rtol=1e-5, atol=1e-5)
+    y = grouped_ternary_linear(x, w, counts, granularity, 1.3)
+    torch.testing.assert_close(
+        y, grouped_ternary_reference(x, w, counts, granularity, 1.3), rtol=1e-5, atol=1e-5
+    )
     y.square().sum().backward()
     x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
-    wq = torch.stack([fake_quant_weight(we, granularity=granularity) for we in w2])
+    wq = torch.stack([fake_quant_weight(we, granularity=granularity, gamma_multiplier=1.3) for we in w2])
     grouped_mm_loop(fake_quant_activations(x2), wq, counts).square().sum().backward()
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(w.grad, w2.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_triton_path_is_taken_only_at_lambda_one_on_a_fast_device(monkeypatch):
-    pytest.importorskip("triton")
+def test_triton_path_is_taken_only_at_lambda_one_on_a_fast_device(cpu_kernels):
     layers = [BitLinear(16, 8) for _ in range(2)]
     x = torch.randn(4, 16)
-    assert not grouped_ternary_available(layers, x)  # the CPU is no fast device
-    monkeypatch.setattr(dispatch, "FAST_DEVICE_TYPES", ("cuda", "cpu"))
-    assert grouped_ternary_available(layers, x)
+    assert not experts_take_fast_path(layers, x)  # the CPU is no device of the default options
+    for layer in layers:
+        layer.kernel_options = cpu_kernels
+    assert experts_take_fast_path(layers, x)
     layers[1].set_lambda(0.5)
-    assert not grouped_ternary_available(layers, x)
-    assert not grouped_ternary_available([BitLinear(16, 8, granularity="group", group_size=8)], x)
+    assert not experts_take_fast_path(layers, x)
+    grouped = BitLinear(16, 8, granularity="group", group_size=8)
+    grouped.kernel_options = cpu_kernels
+    assert not experts_take_fast_path([grouped], x)
+    layers[1].set_lambda(1.0)
+    layers[0].kernel_options = KernelOptions(enabled=False, devices=cpu_kernels.devices)
+    assert not experts_take_fast_path(layers, x)
 
 
-def test_moe_layer_on_the_triton_kernel_equals_the_reference_loop(fast_on_cpu):
+def test_moe_layer_on_the_triton_kernel_equals_the_reference_loop(cpu_kernels, monkeypatch):
+    import bittern.models.moe as moe
     from bittern.models import ModelConfig, build_model
     from bittern.models.moe import set_expert_path
+
+    kernel_calls = []
+    original = moe.grouped_ternary_linear
+    monkeypatch.setattr(moe, "grouped_ternary_linear", lambda *a: kernel_calls.append(1) or original(*a))
 
     cfg = ModelConfig(
         vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=32, max_seq_len=16, moe_experts=4
@@ -89,10 +99,11 @@ def test_moe_layer_on_the_triton_kernel_equals_the_reference_loop(fast_on_cpu):
     outs = []
     for path in ("grouped", "loop"):
         set_expert_path(model, path)
-        dispatch.configure(model, None)
+        configure_fast_path(model, cpu_kernels)
         model.zero_grad()
         y = model(x)
         y.square().mean().backward()
         outs.append((y.detach(), model.layers[0].mlp.experts[1].up_proj.weight.grad.clone()))
+    assert len(kernel_calls) == 3  # gate, up, down: the grouped path ran on the Triton kernel
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-3, atol=1e-6)

@@ -1,5 +1,10 @@
-"""Which path BitLinear takes: the reference on the CPU / when disabled / off lambda = 1, else the kernels."""
+"""Which path BitLinear takes: the reference on the CPU / when disabled / off lambda = 1, else the kernels.
 
+The fused path runs here on CPU tensors under Triton's interpreter, through the layers' own
+`KernelOptions(devices=("cuda", "cpu"))` (the `cpu_kernels` fixture).
+"""
+
+import copy
 import sys
 
 import pytest
@@ -7,25 +12,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import bittern.kernels
-import bittern.nn.bitlinear as bitlinear_module
-from bittern.config import KernelsConfig
-from bittern.kernels import KernelOptions, configure, use_fast_path
 from bittern.models import ModelConfig, build_model
-from bittern.nn import BitLinear, set_quant_lambda
+from bittern.nn import (
+    BitLinear,
+    CodeRefresher,
+    KernelOptions,
+    configure_fast_path,
+    fastpath,
+    refresh_ternary_codes,
+    set_quant_lambda,
+)
+
+TINY = dict(preset="tiny", vocab_size=64, dim=32, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=16)
 
 
 @pytest.fixture
 def calls(monkeypatch):
     """Count the layers that went through the fast path."""
     seen = []
-    original = bitlinear_module.fast_forward
+    original = fastpath.fused_forward
 
     def spy(layer, x):
         seen.append(layer)
         return original(layer, x)
 
-    monkeypatch.setattr(bitlinear_module, "fast_forward", spy)
+    monkeypatch.setattr(fastpath, "fused_forward", spy)
     return seen
 
 
@@ -38,95 +49,92 @@ def _x(seed=1):
     return torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(seed))
 
 
+def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """model(x) on the reference path, computed by a copy (the model itself is left as it is)."""
+    ref = copy.deepcopy(model)
+    configure_fast_path(ref, KernelOptions(enabled=False))
+    return ref(x)
+
+
 def test_cpu_takes_the_reference_path(calls):
     model = _model()
-    assert configure(model, KernelsConfig()) == 0
-    assert not use_fast_path(model[0], _x())
+    assert configure_fast_path(model, KernelOptions()) == 0  # "cuda" only, the default
+    assert not fastpath.takes_fast_path(model[0], _x())
     model(_x()).sum().backward()
-    assert calls == []
+    assert calls == [] and model[0].ternary_codes is None
 
 
 def test_switches_and_reference_path_need_no_triton(monkeypatch, calls):
-    """Where Triton is not installed the trainer's calls into this package work and import no kernel."""
+    """Where Triton is not installed the trainer's calls into the fast path work and import no kernel."""
+    keep = ("bittern.kernels.availability", "bittern.kernels.coderefresh")
     kernel_modules = [name for name in sys.modules if name == "triton" or name.startswith("triton.")]
     kernel_modules += [name for name in sys.modules if name.startswith("bittern.kernels.")]
     for name in kernel_modules:
-        if name not in ("bittern.kernels.dispatch", "bittern.kernels.weightcache"):
+        if name not in keep:
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
     model = _model()
-    bittern.kernels.set_weight_cache(False)  # what the trainer calls first, on every machine
-    bittern.kernels.set_weight_cache(True)
-    assert configure(model, KernelsConfig()) == 0
-    bittern.kernels.refresh(model)
+    assert configure_fast_path(model, KernelOptions(cache_codes=False)) == 0
+    assert configure_fast_path(model, KernelOptions()) == 0
+    refresher = CodeRefresher(model)
+    refresher.sync()
     model(_x()).sum().backward()
-    bittern.kernels.clear_weight_cache()
+    refresher.refresh()
+    refresh_ternary_codes(model)
     assert calls == []
     loaded = {name for name in sys.modules if name.startswith("bittern.kernels.")}
-    assert loaded <= {"bittern.kernels.dispatch", "bittern.kernels.weightcache"}
+    assert loaded <= set(keep)
 
 
-def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """model(x) on the reference path, leaving the model's kernel options as they were."""
-    options = [getattr(m, "_bittern_kernels", None) for m in model.modules()]
-    configure(model, KernelsConfig(enabled=False))
-    y = model(x)
-    for m, o in zip(model.modules(), options, strict=True):
-        if o is not None:
-            m._bittern_kernels = o
-    return y
-
-
-def test_fast_path_on_cpu_when_forced(fast_on_cpu, calls):
+def test_fast_path_on_cpu_when_asked(cpu_kernels, calls):
     model = _model()
-    assert configure(model, KernelsConfig()) == 2
+    assert configure_fast_path(model, cpu_kernels) == 2
     y = model(_x())
     assert len(calls) == 2
     torch.testing.assert_close(y, _reference(model, _x()), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.usefixtures("fast_on_cpu")
-def test_disabled_by_config(calls):
+def test_disabled_by_options(cpu_kernels, calls):
     model = _model()
-    assert configure(model, KernelsConfig(enabled=False)) == 0
+    assert configure_fast_path(model, KernelOptions(enabled=False, devices=cpu_kernels.devices)) == 0
     model(_x())
     assert calls == []
-    assert configure(model, KernelOptions(enabled=True)) == 2
+    assert configure_fast_path(model, cpu_kernels) == 2
     model(_x())
     assert len(calls) == 2
 
 
-@pytest.mark.usefixtures("fast_on_cpu")
-def test_lambda_below_one_takes_the_reference_path(calls):
+def test_lambda_below_one_takes_the_reference_path(cpu_kernels, calls):
     model = _model()
-    configure(model, KernelsConfig())
-    set_quant_lambda(model, 0.5)  # eager calls notice the change by the buffers' version counters
+    configure_fast_path(model, cpu_kernels)
+    set_quant_lambda(model, 0.5)
     model(_x())
     assert calls == []
     set_quant_lambda(model, 1.0)
     model(_x())
     assert len(calls) == 2
+    for layer in (model[0], model[2]):  # written behind set_lambda's back: the version counters tell
+        layer.act_lambda.fill_(0.25)
+    torch.testing.assert_close(model(_x()), _reference(model, _x()), rtol=0, atol=0)
+    assert len(calls) == 2 and not model[0].lambda_is_one
 
 
-@pytest.mark.usefixtures("fast_on_cpu")
-def test_per_group_scales_take_the_reference_path(calls):
+def test_per_group_scales_take_the_reference_path(cpu_kernels, calls):
     model = _model(granularity="group", group_size=16)
-    assert configure(model, KernelsConfig()) == 0
+    assert configure_fast_path(model, cpu_kernels) == 0
     model(_x())
     assert calls == []
 
 
-@pytest.mark.usefixtures("fast_on_cpu")
-def test_transformer_fast_path_equals_reference():
-    cfg = ModelConfig(
-        preset="tiny", vocab_size=64, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=16
-    ).resolved()
+def test_transformer_fast_path_equals_reference(cpu_kernels):
+    cfg = ModelConfig(n_layers=1, **TINY).resolved()
     tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
     results = []
     for enabled in (False, True):
         torch.manual_seed(0)
         model = build_model(cfg)
-        assert configure(model, KernelsConfig(enabled=enabled)) == (7 if enabled else 0)
+        options = KernelOptions(enabled=enabled, devices=cpu_kernels.devices)
+        assert configure_fast_path(model, options) == (7 if enabled else 0)
         logits = model(tokens)
         loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
         loss.backward()
@@ -137,33 +145,27 @@ def test_transformer_fast_path_equals_reference():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-3, atol=1e-6, msg=name)
 
 
-@pytest.mark.usefixtures("fast_on_cpu")
-def test_shared_input_layers_take_one_norm_pass(monkeypatch):
+def test_shared_input_layers_take_one_norm_pass(cpu_kernels, monkeypatch):
     """q/k/v and gate/up go through `apply_shared`'s fused group; equal to the layer-by-layer path."""
-    from bittern.kernels import dispatch
     from bittern.monitor.health import TernaryHealth
 
-    cfg = ModelConfig(
-        preset="tiny", vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=16
-    ).resolved()
+    cfg = ModelConfig(n_layers=2, **TINY).resolved()
     tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
     groups = []
-    original = bitlinear_module.fast_forward_group
+    original_forward, original_check = fastpath.fused_forward_group, fastpath.group_takes_fast_path
     monkeypatch.setattr(
-        bitlinear_module,
-        "fast_forward_group",
-        lambda layers, x: groups.append(len(layers)) or original(layers, x),
+        fastpath,
+        "fused_forward_group",
+        lambda layers, x: groups.append(len(layers)) or original_forward(layers, x),
     )
     results = []
     for grouped in (True, False):
         monkeypatch.setattr(
-            bitlinear_module,
-            "use_group_fast_path",
-            dispatch.use_group_fast_path if grouped else (lambda layers, x: False),
+            fastpath, "group_takes_fast_path", original_check if grouped else (lambda layers, x: False)
         )
         torch.manual_seed(0)
         model = build_model(cfg)
-        configure(model, KernelsConfig())
+        configure_fast_path(model, cpu_kernels)
         health = TernaryHealth().attach(model)  # its pre-hooks run in the group path too
         health.arm()
         logits = model(tokens)
@@ -180,29 +182,33 @@ def test_shared_input_layers_take_one_norm_pass(monkeypatch):
     assert stats == pytest.approx(ref_stats)
 
 
-@pytest.mark.usefixtures("fast_on_cpu")
-def test_weights_quantized_once_per_optimizer_step():
-    from bittern.kernels.weightcache import WEIGHT_CACHE
+def test_weights_quantized_once_per_optimizer_step(cpu_kernels, monkeypatch):
+    from bittern.kernels import weightquant
 
+    made = []
+    original = weightquant.ternarize_weight
+    monkeypatch.setattr(weightquant, "ternarize_weight", lambda *a, **k: made.append(1) or original(*a, **k))
     model = _model()
-    configure(model, KernelsConfig())
+    configure_fast_path(model, cpu_kernels)
+    refresher = CodeRefresher(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    before = WEIGHT_CACHE.misses
+    made.clear()
     for _ in range(2):
-        for _ in range(3):  # micro-batches: forward and backward read the cached codes
+        for _ in range(3):  # micro-batches: forward and backward read the kept codes
             model(_x()).square().sum().backward()
         optimizer.step()
+        refresher.refresh()
         optimizer.zero_grad()
-    assert WEIGHT_CACHE.misses - before == 2 * 2  # two layers, two steps
+    assert len(made) == 2 * 2  # two layers, two steps
     torch.testing.assert_close(model(_x()), _reference(model, _x()), rtol=1e-5, atol=1e-6)
+    assert len(made) == 4
 
 
-@pytest.mark.usefixtures("fast_on_cpu")
-def test_compiles_without_graph_breaks():
+def test_compiles_without_graph_breaks(cpu_kernels):
     import torch._dynamo.testing
 
     model = _model()
-    configure(model, KernelsConfig())
+    configure_fast_path(model, cpu_kernels)
     x = _x()
     y = model(x)
     y.square().sum().backward()
@@ -216,47 +222,40 @@ def test_compiles_without_graph_breaks():
     torch.testing.assert_close(y_c, y, rtol=0, atol=0)
     for p, g in zip(model.parameters(), grads, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
-    # the cached codes follow the optimizer's in-place update inside the compiled graph too
-    torch.optim.SGD(model.parameters(), lr=0.5).step()
+    # the refresh after the optimizer step rewrites the codes the compiled graph reads, in place
+    refresher = CodeRefresher(model)
+    torch.optim.AdamW(model.parameters(), lr=0.5, fused=True).step()
+    refresher.refresh()
     torch.testing.assert_close(compiled(x), _reference(model, x), rtol=1e-5, atol=1e-6)
-    # weights written outside an optimizer step: `refresh` brings the bound codes up to date
+    # weights written outside an optimizer step: `sync` finds them by their version counters
     with torch.no_grad():
         model.load_state_dict({k: v * 1.5 for k, v in model.state_dict().items()})
-    bittern.kernels.refresh(model)
+    refresher.sync()
     torch.testing.assert_close(compiled(x), _reference(model, x), rtol=1e-5, atol=1e-6)
+    assert counter.frame_count == 1
     # set_lambda records lambda < 1 on the host: the compiled model recompiles to the reference path
     set_quant_lambda(model, 0.5)
     torch.testing.assert_close(compiled(x), _reference(model, x), rtol=0, atol=0)
-    # lambda written behind set_lambda's back: eager refuses, configure() re-records it
+    # lambda written behind set_lambda's back: configure_fast_path records it for compiled graphs
     set_quant_lambda(model, 1.0)
-    layers = [m for m in model.modules() if isinstance(m, BitLinear)]
-    for layer in layers:
+    for layer in (model[0], model[2]):
         layer.weight_lambda.fill_(0.5)
-    from bittern.kernels.function import bitlinear_fast
-
-    with pytest.raises(RuntimeError, match="configure"):
-        bitlinear_fast(layers[0], x)
-    assert configure(model) == 0
+    assert configure_fast_path(model) == 0
     torch.testing.assert_close(compiled(x), _reference(model, x), rtol=0, atol=0)
 
 
-@pytest.mark.usefixtures("fast_on_cpu")
-def test_one_compiled_block_serves_every_block():
+def test_one_compiled_block_serves_every_block(cpu_kernels):
     import torch._dynamo.testing
 
-    cfg = ModelConfig(
-        preset="tiny", vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=16
-    ).resolved()
-    model = build_model(cfg)
-    assert configure(model, KernelsConfig()) == 21
+    model = build_model(ModelConfig(n_layers=3, **TINY).resolved())
+    assert configure_fast_path(model, cpu_kernels) == 21
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
-    for block in model.layers:  # regional compilation, as benchmarks/train_throughput.py does
+    for block in model.layers:  # regional compilation, as the trainer does
         block.compile(backend=counter, fullgraph=True)
     model(torch.zeros(1, 16, dtype=torch.long)).sum().backward()
     assert counter.frame_count == 1
 
 
-@pytest.mark.usefixtures("fast_on_cpu")
 @pytest.mark.parametrize(
     "make_optimizer",
     [
@@ -267,16 +266,14 @@ def test_one_compiled_block_serves_every_block():
     ],
     ids=["sgd", "adamw-foreach", "adamw-fused"],
 )
-def test_training_equals_reference_step_by_step(make_optimizer):
+def test_training_equals_reference_step_by_step(cpu_kernels, make_optimizer):
     """Per-step losses of the fast path equal the reference path's over several optimizer steps."""
-    cfg = ModelConfig(
-        preset="tiny", vocab_size=64, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=16
-    ).resolved()
+    cfg = ModelConfig(n_layers=1, **TINY).resolved()
     curves = []
     for enabled in (False, True):
         torch.manual_seed(0)
         model = build_model(cfg)
-        configure(model, KernelsConfig(enabled=enabled))
+        configure_fast_path(model, KernelOptions(enabled=enabled, devices=cpu_kernels.devices))
         optimizer = make_optimizer(model.parameters())
         tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
         losses = []
@@ -284,6 +281,7 @@ def test_training_equals_reference_step_by_step(make_optimizer):
             loss = F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
             loss.backward()
             optimizer.step()
+            refresh_ternary_codes(model)  # the documented call after every optimizer step
             optimizer.zero_grad()
             losses.append(loss.item())
         curves.append(torch.tensor(losses))
