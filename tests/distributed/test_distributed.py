@@ -82,9 +82,11 @@ def config(dataset, tmp_path):
 # gradient all-reduce adds the ranks' sums, one process adds micro-batch by micro-batch): a few
 # ulps at first, but a last-bit difference can move a weight across a ternary rounding boundary
 # or flip the sign of Adam's update of a near-zero gradient, and past ~15 steps the drift grows
-# by orders of magnitude (measured: <= 1.5e-6 to step 14, 3e-4 at step 19). Later steps are held
-# to 1e-3, which a wrong batch split or gradient average still breaks at once.
-EXACT_STEPS = 10
+# by orders of magnitude (measured on the test corpus of the streaming prepare, split by piece
+# hash: <= 1.4e-6 to step 7, 1.4e-5 at step 8, 1e-3 at step 14; on the earlier split: <= 1.5e-6
+# to step 14). Later steps are held to 1e-3, which a wrong batch split or gradient average still
+# breaks at once.
+EXACT_STEPS = 7
 
 
 def assert_same_losses(a: dict[int, float], b: dict[int, float]) -> None:
@@ -125,11 +127,13 @@ def test_data_parallel_equals_single_process(dist, tiny_config, config, tmp_path
             assert monitored[step, key] == pytest.approx(value, **tol), (step, key)
     ckpt = latest_checkpoint(tmp_path / "two")
     assert is_sharded(ckpt)  # written by torch.distributed.checkpoint on 2 ranks
-    two, _ = bittern.load(tmp_path / "two")  # ... and read back on 1
-    one, _ = bittern.load(single)
+    # ... and read back on 1: step 10's weights, before the drift grows (step 20's differ by more)
+    two, _ = bittern.load(tmp_path / "two" / "checkpoints" / "step_00000010")
+    one, _ = bittern.load(single / "checkpoints" / "step_00000010")
     for (name, p), q in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
         # the same run up to float summation order (gradient all-reduce), not bit for bit
-        torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-4, msg=name)
+        # (measured at step 10: at most 2.4e-4 apart, in 21 of the 52k latent weights past 1e-4)
+        torch.testing.assert_close(q, p, atol=5e-4, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize(
@@ -147,16 +151,20 @@ def test_validation_scores_the_same_tokens_on_two_ranks_as_on_one(
     layout, tiny_config, config, tmp_path, dataset
 ):
     eval_batches = layout["train"]["eval_batches"]
+    # the whole-split case needs an odd number of windows: the first window length that gives one
+    seq = next(n for n in range(32, 17, -1) if eval_batches or val_windows(TokenDataset(dataset), n) % 2)
     single = tmp_path / "single"
-    train(tiny_config(train={"steps": 10, "eval_batches": eval_batches}), single, progress=False)
-    cfg = {"train": {"steps": 10, **layout["train"]}, "dist": layout["dist"]}
+    train(
+        tiny_config(train={"steps": 10, "eval_batches": eval_batches, "seq_len": seq}), single, progress=False
+    )
+    cfg = {"train": {"steps": 10, "seq_len": seq, **layout["train"]}, "dist": layout["dist"]}
     proc = torchrun(["train", "--config", config(**cfg), "--out", str(tmp_path / "two"), "--quiet"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     (one,) = [r for r in read_metrics(single / "metrics.jsonl") if "val_loss" in r]
     (two,) = [r for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if "val_loss" in r]
-    windows = eval_batches * 8 or val_windows(TokenDataset(dataset), 32)
+    windows = eval_batches * 8 or val_windows(TokenDataset(dataset), seq)
     assert eval_batches or windows % 2 == 1
-    assert one["val_tokens"] == two["val_tokens"] == windows * 32
+    assert one["val_tokens"] == two["val_tokens"] == windows * seq
     # the same windows; the weights differ by float summation order only (see EXACT_STEPS):
     # measured 1.5e-5 apart with 1 against 8 sequences per micro-batch
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
