@@ -30,8 +30,8 @@ import triton
 import triton.language as tl
 from torch.library import custom_op, triton_op, wrap_triton
 from torch.utils._python_dispatch import _get_current_dispatch_mode
-from triton.language.extra import libdevice
 
+from bittern.kernels.common import round_half_even, round_to
 from bittern.quant.core import ACT_QMAX, ACT_QMIN, EPS, quantize_activations
 
 INTERPRET: bool = bool(triton.knobs.runtime.interpret)
@@ -98,25 +98,6 @@ def ternary_linear_reference(
 
 
 @triton.jit
-def _rint(v, INTERPRET: tl.constexpr):
-    """torch.round of float32 (half to even)."""
-    if INTERPRET:
-        return (v + 12582912.0) - 12582912.0  # 1.5 * 2**23: the magic-number rounding
-    else:
-        return libdevice.rint(v)
-
-
-@triton.jit
-def _round_to(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
-    """float32 x rounded to DTYPE (nearest even; the interpreter would truncate to bfloat16)."""
-    if INTERPRET and DTYPE == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16) << 16
-        x = bits.to(tl.float32, bitcast=True)
-    return x.to(DTYPE)
-
-
-@triton.jit
 def _normed(
     xf,
     W,
@@ -131,8 +112,8 @@ def _normed(
     """RMSNorm's output (as float32) at `offs`: weight * (x * rstd) rounded as torch rounds it."""
     if HAS_NORM:
         w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
-        xn = _round_to(xf * rstd, X_DTYPE, INTERPRET).to(tl.float32)
-        return _round_to(w * xn, Y_DTYPE, INTERPRET).to(tl.float32)
+        xn = round_to(xf * rstd, X_DTYPE, INTERPRET).to(tl.float32)
+        return round_to(w * xn, Y_DTYPE, INTERPRET).to(tl.float32)
     else:
         return xf
 
@@ -201,13 +182,13 @@ def _gemv_kernel(
         kmask = ks < K
         xf = tl.load(x_row + ks, mask=kmask, other=0.0).to(tl.float32)
         y = _normed(xf, W, ks, kmask, rstd, HAS_NORM, X_DTYPE, Y_DTYPE, INTERPRET)
-        q = tl.minimum(tl.maximum(_rint(y * s, INTERPRET), -128.0), 127.0).to(tl.int32)
+        q = tl.minimum(tl.maximum(round_half_even(y * s, INTERPRET), -128.0), 127.0).to(tl.int32)
         codes = ((wt[:, :, None] >> (2 * lane)[None, None, :]) & 3) - 1  # (BLOCK_N, BLOCK_KW, 16)
         acc += tl.sum(tl.sum(codes * q[None, :, :], axis=2), axis=1)
     out = tl.math.div_rn(acc.to(tl.float32) * tl.load(SCALE + rows, mask=rmask, other=0.0), s)
     if HAS_BIAS:
         out += tl.load(BIAS + rows, mask=rmask, other=0.0).to(tl.float32)
-    tl.store(Y + m * N + rows, _round_to(out, Y.dtype.element_ty, INTERPRET), mask=rmask)
+    tl.store(Y + m * N + rows, round_to(out, Y.dtype.element_ty, INTERPRET), mask=rmask)
 
 
 @triton.jit
@@ -234,7 +215,7 @@ def _quant_kernel(
         rstd = tl.math.rsqrt(tl.sum(xf * xf, axis=0) / K + eps)
     y = _normed(xf, W, offs, mask, rstd, HAS_NORM, X_DTYPE, Y_DTYPE, INTERPRET)
     s = tl.math.div_rn(127.0, tl.maximum(tl.max(tl.abs(y), axis=0), 1e-5))
-    q = tl.minimum(tl.maximum(_rint(y * s, INTERPRET), -128.0), 127.0)
+    q = tl.minimum(tl.maximum(round_half_even(y * s, INTERPRET), -128.0), 127.0)
     tl.store(Q + m * K + offs, q.to(tl.int8), mask=mask)
     tl.store(S + m, s)
 
@@ -280,7 +261,7 @@ def _gemm_kernel(
     if HAS_BIAS:
         out += tl.load(BIAS + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
     offs = rm[:, None].to(tl.int64) * N + rn[None, :]
-    tl.store(Y + offs, _round_to(out, Y.dtype.element_ty, INTERPRET), mask=mmask[:, None] & nmask[None, :])
+    tl.store(Y + offs, round_to(out, Y.dtype.element_ty, INTERPRET), mask=mmask[:, None] & nmask[None, :])
 
 
 # ---- launchers -------------------------------------------------------------------------
