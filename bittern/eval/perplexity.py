@@ -7,7 +7,6 @@ import contextlib
 import math
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,12 +27,6 @@ def rank_share(windows: int, rank: int, world: int) -> range:
     """Rank `rank`'s contiguous share of windows [0, windows): equal shares, the last may be short."""
     share = -(-windows // world)
     return range(min(rank * share, windows), min((rank + 1) * share, windows))
-
-
-def _window_batch(data: TokenDataset, seq_len: int, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = np.stack([data.read("val", i * seq_len, seq_len + 1) for i in rows]).astype(np.int64)
-    batch = torch.from_numpy(batch)
-    return batch[:, :-1], batch[:, 1:]
 
 
 @torch.no_grad()
@@ -58,7 +51,7 @@ def score_windows(
     batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
     for k in range(max(len(batches), num_batches or 0)):
         rows = batches[k] if k < len(batches) else range(1)  # padding: window 0, not counted
-        x, y = (t.to(device) for t in _window_batch(data, seq_len, rows))
+        x, y = (t.to(device) for t in data.val_window_batch(seq_len, rows))
         with autocast or contextlib.nullcontext():
             logits = model(x)
         if k < len(batches):
