@@ -61,14 +61,19 @@ def score_windows(
     return sums
 
 
-def figures(nats: float, tokens: int, data: TokenDataset) -> dict[str, float]:
-    """Loss per token, perplexity and bits per byte (from the split's mean bytes per token)."""
+def figures(sums: torch.Tensor, data: TokenDataset, windows: int, val_windows: int) -> dict[str, float]:
+    """Loss per token, perplexity and bits per byte (from the split's mean bytes per token) of
+    score_windows' [summed nats, tokens], with the `windows` scored of the split's `val_windows`."""
+    nats, tokens = sums.tolist()
+    tokens = int(tokens)
     loss = nats / max(tokens, 1)
     return {
         "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
         "bits_per_byte": loss / math.log(2) / data.bytes_per_token("val"),
         "tokens": tokens,
+        "windows": windows,
+        "val_windows": val_windows,
     }
 
 
@@ -94,8 +99,8 @@ def evaluate(
     between runs of the same tokenizer). Also `windows` scored of `val_windows` in the split."""
     total = val_windows(data, seq_len)
     n = min(total, max_batches * batch_size) if max_batches else total
-    nats, tokens = score_windows(model, data, seq_len, range(n), batch_size, None, device, autocast).tolist()
-    return figures(nats, int(tokens), data) | {"windows": n, "val_windows": total}
+    sums = score_windows(model, data, seq_len, range(n), batch_size, None, device, autocast)
+    return figures(sums, data, n, total)
 
 
 def rolling_windows(n: int, context: int) -> Iterator[tuple[int, int]]:
