@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bittern.data.text import is_text
+from bittern.data.text import SAMPLE_BYTES, is_text
 
 PART_MIB = 56
 VOCAB_SIZE = 16384
@@ -205,7 +205,7 @@ def convert(path: Path, rel: str) -> tuple[str, str] | None:
         return "prose", html_to_text(read_maybe_gz(path).decode("utf-8", errors="replace"))
     if suffix in PROSE_SUFFIXES or re.fullmatch(r".*\.info-\d+", stem):
         data = read_maybe_gz(path)
-        if not is_text(data[:65536]):
+        if not is_text(data[:SAMPLE_BYTES]):
             return None
         return "prose", data.decode("utf-8", errors="replace")
     return None
@@ -295,7 +295,7 @@ def package_text(pkg: Package, work: Path) -> dict:
             continue
         data = text.encode("utf-8")
         digest = hashlib.sha256(data).hexdigest()
-        if digest in seen or not is_text(data[:65536]):
+        if digest in seen or not is_text(data[:SAMPLE_BYTES]):
             continue
         seen.add(digest)
         target = out / (rel.strip("/").replace("/", "__") + ".txt")

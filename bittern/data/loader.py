@@ -123,7 +123,11 @@ class TokenDataset:
             num_batches = min(num_batches, max_batches)
         for b in range(num_batches):
             rows = range(b * batch_size, min((b + 1) * batch_size, num_windows))
-            yield _to_inputs_targets([self.read("val", i * seq_len, seq_len + 1) for i in rows], seq_len)
+            yield self.val_window_batch(seq_len, rows)
+
+    def val_window_batch(self, seq_len: int, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of val windows `rows`; window i covers inputs [i*seq_len, (i+1)*seq_len)."""
+        return _to_inputs_targets([self.read("val", i * seq_len, seq_len + 1) for i in rows], seq_len)
 
     def _need(self, seq_len: int, split: str) -> int:
         """Token count of `split`, raising if it cannot fill one window of seq_len+1."""

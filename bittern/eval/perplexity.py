@@ -7,7 +7,6 @@ import contextlib
 import math
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,12 +27,6 @@ def rank_share(windows: int, rank: int, world: int) -> range:
     """Rank `rank`'s contiguous share of windows [0, windows): equal shares, the last may be short."""
     share = -(-windows // world)
     return range(min(rank * share, windows), min((rank + 1) * share, windows))
-
-
-def _window_batch(data: TokenDataset, seq_len: int, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = np.stack([data.read("val", i * seq_len, seq_len + 1) for i in rows]).astype(np.int64)
-    batch = torch.from_numpy(batch)
-    return batch[:, :-1], batch[:, 1:]
 
 
 @torch.no_grad()
@@ -58,7 +51,7 @@ def score_windows(
     batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
     for k in range(max(len(batches), num_batches or 0)):
         rows = batches[k] if k < len(batches) else range(1)  # padding: window 0, not counted
-        x, y = (t.to(device) for t in _window_batch(data, seq_len, rows))
+        x, y = (t.to(device) for t in data.val_window_batch(seq_len, rows))
         with autocast or contextlib.nullcontext():
             logits = model(x)
         if k < len(batches):
@@ -68,14 +61,19 @@ def score_windows(
     return sums
 
 
-def figures(nats: float, tokens: int, data: TokenDataset) -> dict[str, float]:
-    """Loss per token, perplexity and bits per byte (from the split's mean bytes per token)."""
+def figures(sums: torch.Tensor, data: TokenDataset, windows: int, val_windows: int) -> dict[str, float]:
+    """Loss per token, perplexity and bits per byte (from the split's mean bytes per token) of
+    score_windows' [summed nats, tokens], with the `windows` scored of the split's `val_windows`."""
+    nats, tokens = sums.tolist()
+    tokens = int(tokens)
     loss = nats / max(tokens, 1)
     return {
         "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
         "bits_per_byte": loss / math.log(2) / data.bytes_per_token("val"),
         "tokens": tokens,
+        "windows": windows,
+        "val_windows": val_windows,
     }
 
 
@@ -101,8 +99,8 @@ def evaluate(
     between runs of the same tokenizer). Also `windows` scored of `val_windows` in the split."""
     total = val_windows(data, seq_len)
     n = min(total, max_batches * batch_size) if max_batches else total
-    nats, tokens = score_windows(model, data, seq_len, range(n), batch_size, None, device, autocast).tolist()
-    return figures(nats, int(tokens), data) | {"windows": n, "val_windows": total}
+    sums = score_windows(model, data, seq_len, range(n), batch_size, None, device, autocast)
+    return figures(sums, data, n, total)
 
 
 def rolling_windows(n: int, context: int) -> Iterator[tuple[int, int]]:

@@ -461,8 +461,7 @@ class Trainer:
         sums = score_windows(
             self.forward, self.data, t.seq_len, mine, self.micro, batches, self.device, self.autocast
         )
-        nats, tokens = sum_across_ranks(sums, self.dist).tolist()
-        return figures(nats, int(tokens), self.data) | {"windows": n, "val_windows": total}
+        return figures(sum_across_ranks(sums, self.dist), self.data, n, total)
 
     # ---- the loop ----------------------------------------------------------------------
     def _due(self, every: int, step: int) -> bool:
