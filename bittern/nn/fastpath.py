@@ -143,7 +143,11 @@ def current_codes(layer: nn.Module, transposed: bool) -> None:
     unchanged = layer.ternary_codes is not None and layer.ternary_source == source(layer)
     if unchanged and not (transposed and layer.ternary_codes_t is None):
         return  # a moved or replaced weight has another address: only this check runs per forward
-    slot = code_slot(layer, transposed)
+    rewrite_if_written(layer, code_slot(layer, transposed))
+
+
+def rewrite_if_written(layer: nn.Module, slot: CodeSlot) -> None:
+    """Rewrite the layer's codes (`slot`) if its weight was written since they were made."""
     if layer.ternary_source != source(layer):
         rewrite(slot)
         mark_current(layer)
