@@ -19,8 +19,8 @@ Two kernels compute it:
 
 `ternary_linear` picks one by the token count; it takes tensors only. Importing this module
 imports Triton; under `TRITON_INTERPRET=1` the kernels run on CPU tensors (the tests), which is
-why rounding and casts take the interpreter-safe forms of `bittern.kernels.common` (repeated here
-so that this module stands alone) and every loop bound is a `tl.constexpr`.
+why rounding, casts and the int8 quantization take the interpreter-safe forms of
+`bittern.kernels.common` and every loop bound is a `tl.constexpr`.
 """
 
 from __future__ import annotations
@@ -28,18 +28,21 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import custom_op, triton_op, wrap_triton
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from bittern.kernels.common import round_half_even, round_to
-from bittern.quant.core import ACT_QMAX, ACT_QMIN, EPS, quantize_activations
+from bittern.kernels.common import (
+    INTERPRET,
+    absmax_quantize,
+    kernel_op,
+    launch,
+    round_half_even,
+    round_to,
+    row_warps,
+    tl_dtype,
+)
+from bittern.quant.core import quantize_activations
 
-INTERPRET: bool = bool(triton.knobs.runtime.interpret)
 CODES_PER_WORD = 16
 GEMV_MAX_TOKENS = 16  # up to this many tokens per call take the GEMV kernel
-_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-
-assert (EPS, ACT_QMIN, ACT_QMAX) == (1e-5, -128, 127), "the kernels hard-code these (quant/core.py)"
 
 # ---- layout and reference --------------------------------------------------------------
 
@@ -214,9 +217,8 @@ def _quant_kernel(
     if HAS_NORM:
         rstd = tl.math.rsqrt(tl.sum(xf * xf, axis=0) / K + eps)
     y = _normed(xf, W, offs, mask, rstd, HAS_NORM, X_DTYPE, Y_DTYPE, INTERPRET)
-    s = tl.math.div_rn(127.0, tl.maximum(tl.max(tl.abs(y), axis=0), 1e-5))
-    q = tl.minimum(tl.maximum(round_half_even(y * s, INTERPRET), -128.0), 127.0)
-    tl.store(Q + m * K + offs, q.to(tl.int8), mask=mask)
+    q, s = absmax_quantize(y, INTERPRET)
+    tl.store(Q + m * K + offs, q, mask=mask)
     tl.store(S + m, s)
 
 
@@ -267,19 +269,10 @@ def _gemm_kernel(
 # ---- launchers -------------------------------------------------------------------------
 
 
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
-
-
-def _launch(kernel):
-    """Triton launches directly when eager, through `wrap_triton` while torch.compile traces."""
-    return wrap_triton(kernel) if _tracing() and not INTERPRET else kernel
-
-
 def _dtypes(x: torch.Tensor, norm_weight: torch.Tensor | None):
     """Triton dtypes of x and of RMSNorm's output (torch promotes weight * x)."""
     y = x.dtype if norm_weight is None else torch.promote_types(norm_weight.dtype, x.dtype)
-    return _TL[x.dtype], _TL[y]
+    return tl_dtype(x.dtype), tl_dtype(y)
 
 
 def _gemv(x, words, scale, norm_weight, bias, eps):
@@ -290,7 +283,7 @@ def _gemv(x, words, scale, norm_weight, bias, eps):
     block_kw = min(triton.next_power_of_2(kw), 8 if INTERPRET else 64)
     x_dtype, y_dtype = _dtypes(x, norm_weight)
     dummy = scale
-    _launch(_gemv_kernel)[(triton.cdiv(n, block_n), m)](
+    launch(_gemv_kernel)[(triton.cdiv(n, block_n), m)](
         x,
         words,
         scale,
@@ -321,7 +314,7 @@ def _gemm(x, words, scale, norm_weight, bias, eps):
     s = torch.empty(m, device=x.device, dtype=torch.float32)
     x_dtype, y_dtype = _dtypes(x, norm_weight)
     block_row = triton.next_power_of_2(k)
-    _launch(_quant_kernel)[(m,)](
+    launch(_quant_kernel)[(m,)](
         x,
         scale if norm_weight is None else norm_weight,
         q,
@@ -333,11 +326,11 @@ def _gemm(x, words, scale, norm_weight, bias, eps):
         Y_DTYPE=y_dtype,
         BLOCK_ROW=block_row,
         INTERPRET=INTERPRET,
-        num_warps=4 if block_row <= 2048 else 8 if block_row <= 8192 else 16,
+        num_warps=row_warps(block_row),
     )
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     bm, bn, bk, warps, stages = (16, 32, 32, 4, 1) if INTERPRET else (64, 128, 128, 4, 3)
-    _launch(_gemm_kernel)[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+    launch(_gemm_kernel)[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
         q,
         words,
         s,
@@ -378,9 +371,7 @@ def _ternary_linear(
 
 # A torch op, so torch.compile traces into the kernels (a triton_op) and CUDA graphs capture them;
 # the interpreter's kernels cannot be compiled, so there it is an opaque custom op.
-ternary_linear = (custom_op if INTERPRET else triton_op)("bittern::ternary_linear_packed", mutates_args=())(
-    _ternary_linear
-)
+ternary_linear = kernel_op("bittern::ternary_linear_packed")(_ternary_linear)
 ternary_linear.__doc__ = (
     """y = norm-quantize(x) @ codes^T * scale / s_x (+ bias) for x (M, K) and packed words."""
 )

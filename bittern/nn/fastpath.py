@@ -143,7 +143,11 @@ def current_codes(layer: nn.Module, transposed: bool) -> None:
     unchanged = layer.ternary_codes is not None and layer.ternary_source == source(layer)
     if unchanged and not (transposed and layer.ternary_codes_t is None):
         return  # a moved or replaced weight has another address: only this check runs per forward
-    slot = code_slot(layer, transposed)
+    rewrite_if_written(layer, code_slot(layer, transposed))
+
+
+def rewrite_if_written(layer: nn.Module, slot: CodeSlot) -> None:
+    """Rewrite the layer's codes (`slot`) if its weight was written since they were made."""
     if layer.ternary_source != source(layer):
         rewrite(slot)
         mark_current(layer)
@@ -151,18 +155,14 @@ def current_codes(layer: nn.Module, transposed: bool) -> None:
 
 def layer_codes(layer: nn.Module, transposed: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(codes, gamma, codes^T or None) of `layer.weight` for this forward: the kept ones, or fresh."""
-    if not layer.kernel_options.cache_codes:
-        from bittern.kernels.function import ternarize
+    if layer.kernel_options.cache_codes:
+        if not torch.compiler.is_compiling():
+            current_codes(layer, transposed)  # eagerly they are always kept from here on
+        if layer.ternary_codes is not None and not (transposed and layer.ternary_codes_t is None):
+            return layer.ternary_codes, layer.ternary_gamma, layer.ternary_codes_t
+    from bittern.kernels.function import ternarize  # none kept (FSDP2), or none yet: this graph makes its own
 
-        return (*ternarize(layer.weight, *_settings(layer)), None)
-    if torch.compiler.is_compiling():
-        if layer.ternary_codes is None or (transposed and layer.ternary_codes_t is None):
-            from bittern.kernels.function import ternarize  # none kept yet: this graph makes its own
-
-            return (*ternarize(layer.weight, *_settings(layer)), None)
-    else:
-        current_codes(layer, transposed)
-    return layer.ternary_codes, layer.ternary_gamma, layer.ternary_codes_t
+    return (*ternarize(layer.weight, *_settings(layer)), None)
 
 
 # ---- the fused forwards ------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from bittern.kernels.coderefresh import CodeSlot, GraphedRewrite, rewrite
+from bittern.kernels.coderefresh import CodeSlot, GraphedRewrite
 from bittern.nn import fastpath
 from bittern.nn.bitlinear import BitLinear
 from bittern.nn.fastpath import KernelOptions
@@ -101,9 +101,7 @@ class CodeRefresher:
         """Rewrite the codes whose weight was written since they were made (version counters)."""
         self._choose()
         for layer, slot in zip(self._kept, self._slots, strict=True):
-            if layer.ternary_source != fastpath.source(layer):
-                rewrite(slot)
-                fastpath.mark_current(layer)
+            fastpath.rewrite_if_written(layer, slot)
 
     @property
     def replaying(self) -> bool:
