@@ -124,13 +124,17 @@ def grad_norms(run) -> dict[int, float]:
     return {r["step"]: r["grad_norm"] for r in read_metrics(run / "metrics.jsonl") if "grad_norm" in r}
 
 
+# 8 steps on 2 ranks with expert parallelism, checkpoints at 4 and 8
+EP_RUN = {
+    "model": MOE,
+    "train": {"micro_batch_size": 2, "steps": 8, "eval_every": 0},
+    "checkpoint": {"every": 4},
+    "dist": {"mode": "ddp", "expert_parallel": True},
+}
+
+
 def test_expert_parallel_training_equals_single_process(tiny_config, config, tmp_path):  # noqa: F811
-    cfg = {
-        "model": MOE,
-        "train": {"micro_batch_size": 2, "steps": 8, "eval_every": 0},
-        "checkpoint": {"every": 4},
-        "dist": {"mode": "ddp", "expert_parallel": True},
-    }
+    cfg = EP_RUN
     single, two = tmp_path / "single", tmp_path / "two"
     train(tiny_config(**cfg), single, progress=False)
     toml, holder = config(**cfg), tmp_path / "holder.py"
@@ -198,12 +202,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_one_process_checkpoint_resumes_expert_parallel(tiny_config, config, tmp_path):  # noqa: F811
-    cfg = {
-        "model": MOE,
-        "train": {"micro_batch_size": 2, "steps": 8, "eval_every": 0},
-        "checkpoint": {"every": 4},
-        "dist": {"mode": "ddp", "expert_parallel": True},
-    }
+    cfg = EP_RUN
     run, script = tmp_path / "run", tmp_path / "restored.py"
     trainer = Trainer(tiny_config(**cfg), run, progress=False)
     trainer.run(until=4)
