@@ -224,7 +224,13 @@ def download(work: Path) -> dict:
         if pkg.name.startswith("python"):
             raise SystemExit(f"{pkg.name}: packages named python* are reserved for evaluation")
         if not list(debs.glob(f"{pkg.name}_*.deb")):
-            run(["apt-get", "download", "-q", f"{pkg.name}={pkg.version}"], cwd=debs)
+            try:
+                run(["apt-get", "download", "-q", f"{pkg.name}={pkg.version}"], cwd=debs)
+            except subprocess.CalledProcessError:
+                raise SystemExit(
+                    f"build_corpus: {pkg.name}={pkg.version} not found: run `apt-get update` "
+                    "(the package lists may predate the pin), else that version left the mirror"
+                ) from None
     manifest = {}
     for pkg in PACKAGES:
         (deb,) = debs.glob(f"{pkg.name}_*.deb")

@@ -36,6 +36,7 @@ def run_one(config: str, overrides: list[str], out: Path) -> dict:
         "final_train_loss": records[-1]["loss"],
         "val_loss": result.val_loss,
         "val_perplexity": result.val_perplexity,
+        "train_curve": {r["step"]: r["loss"] for r in records},
         "val_curve": {r["step"]: r["val_loss"] for r in records if "val_loss" in r},
         "steps": result.step,
         "tokens": cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len,

@@ -147,7 +147,11 @@ def main() -> int:
             report["runs"][name] = row
             report["ratios"] = ratios(report["runs"])
             write_json(args.out, report)
-            print(name, json.dumps({k: v for k, v in row.items() if k != "val_curve"}), flush=True)
+            print(
+                name,
+                json.dumps({k: v for k, v in row.items() if k not in ("val_curve", "train_curve")}),
+                flush=True,
+            )
     print(json.dumps(report.get("ratios", {}), indent=1))
     return 0
 

@@ -150,7 +150,10 @@ def main() -> int:
                     r["ratio_to_twin"] = r["eval_perplexity"] / twin
             write_json(args.out, report)
             print(
-                json.dumps({"recipe": name} | {k: v for k, v in row.items() if k != "val_curve"}), flush=True
+                json.dumps(
+                    {"recipe": name} | {k: v for k, v in row.items() if k not in ("val_curve", "train_curve")}
+                ),
+                flush=True,
             )
     print(f"\n{'recipe':18s} {'ppl':>8s} {'ratio':>6s} {'bpb':>6s} {'tokens':>11s} {'wall s':>7s}")
     for name, r in report["runs"].items():
