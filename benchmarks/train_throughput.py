@@ -7,7 +7,8 @@ step, the refresh of the ternary codes):
 
     twin-compiled, fast-compiled, ref-compiled, twin-eager, fast-eager, ref-eager,
     fast-compiled-int8-gi (grad_input on int8), fast-compiled-int8-gi-gw (and grad_weight;
-    these two on the 1b preset only, unless --int8-presets says otherwise)
+    these two on the 1b preset only, unless --int8-presets says otherwise),
+    fast-compiled-saved-codes (the activation codes saved for backward, not remade)
 
 ("twin" = plain nn.Linear, "ref" = BitLinear's PyTorch reference path, "fast" = the fused
 Triton kernels of bittern.kernels) it records tokens/s, step time, peak memory and MFU after a
@@ -78,6 +79,8 @@ VARIANTS = [  # most important first: a deadline cuts from the end
     Variant("ref-eager", "ternary", False, OFF),
     Variant("fast-compiled-int8-gi", "ternary", True, KernelOptions(grad_input_int8=True)),
     Variant("fast-compiled-int8-gi-gw", "ternary", True, KernelOptions(True, True, True)),
+    # the activation codes kept from forward to backward (as before kernels.recompute_codes)
+    Variant("fast-compiled-saved-codes", "ternary", True, KernelOptions(recompute_codes=False)),
 ]
 
 

@@ -152,6 +152,7 @@ class KernelsConfig:
     enabled: bool = True  # fused Triton kernels on CUDA when available; false: the PyTorch reference
     grad_input_int8: bool = False  # backward grad_input with row-wise int8 grad_output
     grad_weight_int8: bool = False  # backward grad_weight on int8 tensor cores
+    recompute_codes: bool = True  # backward remakes activation codes from x (false: save them, more memory)
 
 
 @dataclass

@@ -1,9 +1,13 @@
 """BitLinear at lambda = 1 as one autograd.Function over the ops of `bittern.kernels.ops`.
 
 Forward (`bitlinear_forward`): fused RMSNorm + int8 quantization of x, then the int8 GEMM
-against the ternary codes with gamma / s_x applied in the epilogue. Saved for backward: x
-(only for the norm's backward), the int8 codes and s_x (not a 16-bit copy of the
-activation), rstd, and the weight's codes. Backward, straight-through like the reference:
+against the ternary codes with gamma / s_x applied in the epilogue. Saved for backward: the
+weight's codes and gamma (held by the layer anyway), and, with a norm, x and rstd only: the
+backward needs x for the norm's gradient, and it recomputes the activation codes and s_x from
+x with the same kernel (bit-identical) where grad_weight needs them, instead of keeping them
+alive from forward to backward (`recompute_codes=False` saves them: one pass less in the
+backward, one byte per input element more held). Without a norm the codes and s_x are saved
+(one byte per element, less than x). Backward, straight-through like the reference:
 grad_input through W_q * gamma, then the norm's backward; grad_weight = grad^T @ (codes / s_x).
 Numerically it is the reference layer with one difference: the forward product is exact
 (int32) where the reference rounds its operands to the autocast dtype.
@@ -38,19 +42,25 @@ class BitLinearFunction(torch.autograd.Function):
         out_dtype: torch.dtype,
         grad_input_int8: bool,
         grad_weight_int8: bool,
+        recompute_codes: bool = True,
     ) -> torch.Tensor:
         y, codes, scale, rstd = ops.bitlinear_forward(x, norm_weight, w_codes, gamma, eps, out_dtype)
-        x_saved = x if norm_weight is not None else None
-        ctx.save_for_backward(x_saved, norm_weight, w_codes, gamma, w_codes_t, codes, scale, rstd)
+        if norm_weight is None:  # the codes (1 byte per element) are all the backward needs of x
+            saved = (None, None, w_codes, gamma, w_codes_t, codes, scale, rstd)
+        elif recompute_codes:  # x is needed anyway (the norm's backward); the codes come from it again
+            saved = (x, norm_weight, w_codes, gamma, w_codes_t, None, None, rstd)
+        else:
+            saved = (x, norm_weight, w_codes, gamma, w_codes_t, codes, scale, rstd)
+        ctx.save_for_backward(*saved)
         ctx.dtypes = (x.dtype, weight.dtype)
-        ctx.options = (grad_input_int8, grad_weight_int8)
+        ctx.options = (grad_input_int8, grad_weight_int8, eps)
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, norm_weight, w_codes, gamma, w_codes_t, codes, scale, rstd = ctx.saved_tensors
         x_dtype, w_dtype = ctx.dtypes
-        grad_input_int8, grad_weight_int8 = ctx.options
+        grad_input_int8, grad_weight_int8, eps = ctx.options
         grad = grad.contiguous()
         dx = dnorm = dweight = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
@@ -60,8 +70,10 @@ class BitLinearFunction(torch.autograd.Function):
             else:
                 dx, dnorm = ops.rmsnorm_quant_backward(dy, x, norm_weight, rstd)
         if ctx.needs_input_grad[2]:
+            if codes is None:  # recomputed as the forward made them: the same kernel on the same x
+                codes, scale, _ = ops.rmsnorm_quant(x, norm_weight, eps)
             dweight = ops.bitlinear_grad_weight(grad, codes, scale, grad_weight_int8, w_dtype)
-        return dx, dnorm, dweight, None, None, None, None, None, None, None
+        return dx, dnorm, dweight, None, None, None, None, None, None, None, None
 
 
 def output_dtype(x: torch.Tensor, norm_weight: torch.Tensor | None) -> torch.dtype:
@@ -88,11 +100,14 @@ def bitlinear(
     eps: float,
     grad_input_int8: bool = False,
     grad_weight_int8: bool = False,
+    recompute_codes: bool = True,
 ) -> torch.Tensor:
     """x (..., in) through RMSNorm (if `norm_weight`), int8 activations and the ternary `codes` * gamma.
 
     `weight` is the latent weight the gradient goes to; `codes_t` (the codes transposed, for the
-    int8 grad_input) is made in the backward when None. No bias: the caller adds it.
+    int8 grad_input) is made in the backward when None. `recompute_codes`: with a norm, the
+    backward makes the activation codes again from x instead of saving them. No bias: the
+    caller adds it.
     """
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
@@ -107,6 +122,7 @@ def bitlinear(
         output_dtype(x, norm_weight),
         grad_input_int8,
         grad_weight_int8,
+        recompute_codes,
     )
     return y.reshape(*lead, y.shape[-1])
 
@@ -115,7 +131,9 @@ class BitLinearGroupFunction(torch.autograd.Function):
     """BitLinearFunction for 2-3 layers reading one 2-D x: their norms in one pass both ways.
 
     Called as apply(settings, x, *norm_weights, *weights, *w_codes, *gammas, *w_codes_t) with
-    settings = (number of layers, eps, out_dtype, grad_input_int8, grad_weight_int8, weight dtypes).
+    settings = (number of layers, eps, out_dtype, grad_input_int8, grad_weight_int8, weight dtypes,
+    recompute_codes). With `recompute_codes` only x and rstd of the activations are saved; the
+    backward makes every layer's codes and s_x again from x in one shared pass (bit-identical).
     """
 
     @staticmethod
@@ -124,13 +142,14 @@ class BitLinearGroupFunction(torch.autograd.Function):
         norm_weights, _, w_codes, gammas, w_codes_t = (list(tensors[i * n : (i + 1) * n]) for i in range(5))
         outs = ops.bitlinear_group_forward(x, norm_weights, w_codes, gammas, eps, out_dtype)
         ys, codes, scales, rstd = outs[:n], outs[n : 2 * n], outs[2 * n : 3 * n], outs[3 * n]
-        ctx.save_for_backward(x, rstd, *norm_weights, *w_codes, *gammas, *w_codes_t, *codes, *scales)
+        kept = [] if settings[6] else [*codes, *scales]  # recompute_codes: none kept
+        ctx.save_for_backward(x, rstd, *norm_weights, *w_codes, *gammas, *w_codes_t, *kept)
         ctx.settings = settings
         return tuple(ys)
 
     @staticmethod
     def backward(ctx, *grads):
-        n, _, out_dtype, grad_input_int8, grad_weight_int8, w_dtypes = ctx.settings
+        n, eps, out_dtype, grad_input_int8, grad_weight_int8, w_dtypes, recompute_codes = ctx.settings
         x, rstd, *saved = ctx.saved_tensors
         norm_weights, w_codes, gammas, w_codes_t, codes, scales = (
             saved[i * n : (i + 1) * n] for i in range(6)
@@ -148,6 +167,11 @@ class BitLinearGroupFunction(torch.autograd.Function):
                 for i, g in enumerate(grads)
             ]
             dx, *dnorms = ops.rmsnorm_quant_group_backward(dys, x, list(norm_weights), rstd)
+            del dys
+        if recompute_codes and any(ctx.needs_input_grad[2 + n : 2 + 2 * n]):
+            # as the forward made them: the same shared pass over the same x
+            remade = ops.rmsnorm_quant_group(x, list(norm_weights), eps)
+            codes, scales = remade[:n], remade[n : 2 * n]
         dweights = [
             ops.bitlinear_grad_weight(g, codes[i], scales[i], grad_weight_int8, w_dtypes[i])
             if ctx.needs_input_grad[2 + n + i]
@@ -167,6 +191,7 @@ def bitlinear_group(
     eps: float,
     grad_input_int8: bool = False,
     grad_weight_int8: bool = False,
+    recompute_codes: bool = True,
 ) -> list[torch.Tensor]:
     """`bitlinear` of 2-3 layers (each with a norm, one eps) on the same x, their norms in one pass."""
     lead = x.shape[:-1]
@@ -178,6 +203,7 @@ def bitlinear_group(
         grad_input_int8,
         grad_weight_int8,
         tuple(w.dtype for w in weights),
+        recompute_codes,
     )
     ys = BitLinearGroupFunction.apply(settings, x2, *norm_weights, *weights, *codes, *gammas, *codes_t)
     return [y.reshape(*lead, y.shape[-1]) for y in ys]

@@ -154,6 +154,21 @@ def _(x, norm_weights, w_codes, gammas, eps, out_dtype):
     return ys + codes + scales + [x.new_empty(M, dtype=f32)]
 
 
+@kernel_op("bittern::rmsnorm_quant_group")
+def rmsnorm_quant_group(x: Tensor, norm_weights: list[Tensor], eps: float) -> list[Tensor]:
+    """[codes...] + [s_x...] + [rstd] of x for each norm weight: `bitlinear_group_forward`'s norm pass."""
+    codes, scales, rstd = sharednorm.rmsnorm_quant_group(x, norm_weights, eps)
+    return codes + scales + [rstd]
+
+
+@rmsnorm_quant_group.register_fake
+def _(x, norm_weights, eps):
+    M, K = x.shape
+    f32 = torch.float32
+    codes = [x.new_empty((M, K), dtype=torch.int8) for _ in norm_weights]
+    return codes + [x.new_empty(M, dtype=f32) for _ in norm_weights] + [x.new_empty(M, dtype=f32)]
+
+
 @kernel_op("bittern::rmsnorm_quant_group_backward")
 def rmsnorm_quant_group_backward(
     grads: list[Tensor], x: Tensor, norm_weights: list[Tensor], rstd: Tensor

@@ -50,6 +50,9 @@ class KernelOptions:
     grad_weight_int8: bool = False  # grad_weight on int8 tensor cores (column-wise int8 grad_output)
     cache_codes: bool = True  # keep codes between optimizer steps; False (FSDP2): ternarize each forward
     devices: tuple[str, ...] = ("cuda",)  # device types to run on; "cpu" too: Triton's interpreter (tests)
+    # the backward makes a normed layer's activation codes again from x (bit-identical) instead of
+    # keeping them from the forward: one byte per input element less held, one norm pass more
+    recompute_codes: bool = True
 
 
 DEFAULT_OPTIONS = KernelOptions()
@@ -184,6 +187,7 @@ def fused_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         0.0 if norm is None else norm.eps,
         o.grad_input_int8,
         o.grad_weight_int8,
+        o.recompute_codes,
     )
     return y if layer.bias is None else y + layer.bias.to(y.dtype)
 
@@ -227,6 +231,7 @@ def fused_forward_group(layers: Sequence[nn.Module], x: torch.Tensor) -> list[to
         layers[0].norm.eps,
         o.grad_input_int8,
         o.grad_weight_int8,
+        o.recompute_codes,
     )
     return [
         y if layer.bias is None else y + layer.bias.to(y.dtype) for layer, y in zip(layers, ys, strict=True)

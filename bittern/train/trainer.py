@@ -139,7 +139,9 @@ class Trainer:
         self.fsdp = self.dist.enabled and cfg.dist.mode == "fsdp"
         self.packed = self.fsdp and cfg.dist.packed_all_gather  # ignored on one process, like dist.mode
         k = cfg.kernels  # FSDP2 refills the unsharded weights every step: no codes kept between steps
-        self.kernel_options = KernelOptions(k.enabled, k.grad_input_int8, k.grad_weight_int8, not self.fsdp)
+        self.kernel_options = KernelOptions(
+            k.enabled, k.grad_input_int8, k.grad_weight_int8, not self.fsdp, recompute_codes=k.recompute_codes
+        )
         configure_fast_path(self.model, self.kernel_options)
         param_dtype = torch.bfloat16 if self.precision == "bf16" else None
         if t.compile:  # block by block, before DDP/FSDP2 wrap them (bittern.train.compiling)
