@@ -25,10 +25,9 @@ Kernels (all deterministic, exact int32 sums; results equal `ternary_linear_refe
   two tokens): the program normalizes and quantizes its token's row itself (one pass for rstd and
   s_x, then each K-chunk quantized as it is used), so a layer is one launch. Not fused: it reads
   the int8 q and s_x / sum(q) that `_quant_kernel` wrote (two launches, no repeated row work).
-- `_dot_kernel` for more tokens and prefill: `_quant_kernel`, then a tensor-core int8 GEMM
-  (tokens padded to a 16-row tile for decode batches); each word is loaded once and decoded by
-  shift + and + cast per code, and the K order of the product is permuted (lane-major within a
-  chunk) to match, which a dot product does not see.
+- `_dot_kernel` for more tokens and prefill: `_quant_kernel` (q in plain order), then a
+  tensor-core int8 GEMM (tokens padded to a 16-row tile for decode batches); each word is loaded
+  once and decoded to its 16 codes by shift + and + cast, c in {0, 1, 2} as the B operand.
 
 `ternary_linear` (one layer) and `ternary_linear_group` (layers sharing x, their rows
 concatenated, each block of rows inside one member) pick a variant by the token count, or take
@@ -304,6 +303,7 @@ def _quant_kernel(
     eps,
     K: tl.constexpr,
     K16: tl.constexpr,
+    PERMUTE: tl.constexpr,
     HAS_NORM: tl.constexpr,
     X_DTYPE: tl.constexpr,
     Y_DTYPE: tl.constexpr,
@@ -322,8 +322,10 @@ def _quant_kernel(
     y = _normed(xf, W + g * K, offs, mask, rstd, HAS_NORM, X_DTYPE, Y_DTYPE, INTERPRET)
     q, s = absmax_quantize(y, INTERPRET)  # the padding up to K16 is zero
     gm = (g * M + m).to(tl.int64)
-    perm = (offs & -16) + ((offs & 3) << 2) + ((offs >> 2) & 3)  # k = 16 w + 4 b + j -> 16 w + 4 j + b
-    tl.store(Q + gm * K16 + perm, q, mask=offs < K16)
+    if PERMUTE:  # the GEMV's order: k = 16 w + 4 b + j at 16 w + 4 j + b
+        tl.store(Q + gm * K16 + (offs & -16) + ((offs & 3) << 2) + ((offs >> 2) & 3), q, mask=offs < K16)
+    else:
+        tl.store(Q + gm * K16 + offs, q, mask=offs < K16)
     tl.store(S + gm, s)
     tl.store(QSUM + gm, tl.sum(q.to(tl.int32), axis=0))
 
@@ -354,25 +356,22 @@ def _dot_kernel(
     mmask, nmask = rm < M, rn < N
     gm = _member(col0, SEG1, SEG2) * M + rm
     q_rows = Q + gm[:, None].to(tl.int64) * (KW * 16)
+    lanes = tl.arange(0, 16)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for w0 in range(0, KW, BLOCK_KW):
         wi = w0 + tl.arange(0, BLOCK_KW)
         wmask = wi < KW
-        # each word loaded once; lane j of the chunk's words is one (BLOCK_KW, BLOCK_N) slice of K
+        # each word loaded once and decoded to its 16 codes: a (BLOCK_KW * 16, BLOCK_N) tile, K in order
         wt = tl.load(
             P + rn[None, :].to(tl.int64) * KW + wi[:, None],
             mask=wmask[:, None] & nmask[None, :],
             other=0,
         )
-        for j in tl.static_range(16):
-            # codes 16 w + j: their activations sit at byte 16 w + 4 (j % 4) + j // 4 (`_quant_kernel`)
-            a = tl.load(
-                q_rows + (wi * 16 + (4 * (j % 4) + j // 4))[None, :],
-                mask=mmask[:, None] & wmask[None, :],
-                other=0,
-            )
-            b = ((wt >> (2 * j)) & 3).to(tl.int8)
-            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        b = ((wt[:, None, :] >> (2 * lanes)[None, :, None]) & 3).to(tl.int8)
+        b = tl.reshape(b, (BLOCK_KW * 16, BLOCK_N))
+        rk = w0 * 16 + tl.arange(0, BLOCK_KW * 16)
+        a = tl.load(q_rows + rk[None, :], mask=mmask[:, None] & (rk < KW * 16)[None, :], other=0)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
     qsum = tl.load(QSUM + gm, mask=mmask, other=0)
     s = tl.load(S + gm, mask=mmask, other=1.0)
     total = (acc - qsum[:, None]).to(tl.float32)
@@ -399,19 +398,19 @@ def gemv_config(n: int, k: int, m: int) -> tuple[int, int, int]:
     block_kw = min(triton.next_power_of_2(kw), 128)
     work = n * m
     block_n = 32 if work >= 16384 else 16 if work >= 4096 else 8
-    return block_n, block_kw, 4
+    return block_n, block_kw, 8 if k > 4096 else 4
 
 
 def dot_config(n: int, k: int, m: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_KW, num_warps, num_stages) of `_dot_kernel`: tokens padded to 16 for
-    a decode batch, larger tiles for prefill."""
+    """(BLOCK_M, BLOCK_N, BLOCK_KW, num_warps, num_stages) of `_dot_kernel`: tokens padded to a 16-row
+    tile for a decode batch, larger tiles for prefill (each without register spills on sm_90)."""
     if INTERPRET:
         return 16, 16, 16, 4, 1
     if m <= 16:
-        return 16, 32 if n <= 4096 else 64, 64, 4, 2
+        return (16, 32, 8, 4, 2) if n <= 4096 else (16, 64, 4, 4, 2)
     if m <= 64:
-        return 64, 64, 32, 4, 3
-    return 128, 128, 32, 8, 3
+        return 64, 64, 4, 4, 3
+    return 64, 128, 4, 8, 3
 
 
 def _dtypes(x: torch.Tensor, norm_weight: torch.Tensor | None):
@@ -433,9 +432,10 @@ def _segments(starts: list[int], n: int) -> tuple[int, int]:
 
 
 def quantize_rows(
-    x: torch.Tensor, norm_weight: torch.Tensor | None, eps: float, groups: int = 1
+    x: torch.Tensor, norm_weight: torch.Tensor | None, eps: float, groups: int = 1, permute: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`_quant_kernel`: int8 q (G, M, K16) in the GEMV's permuted order, s_x (G, M), sum(q) (G, M)."""
+    """`_quant_kernel`: int8 q (G, M, K16) (in the GEMV's permuted order, or in order for the dot),
+    s_x (G, M), sum(q) (G, M)."""
     m, k = x.shape
     k16 = -(-k // CODES_PER_WORD) * CODES_PER_WORD
     q = torch.empty(groups, m, k16, device=x.device, dtype=torch.int8)
@@ -453,6 +453,7 @@ def quantize_rows(
         eps,
         K=k,
         K16=k16,
+        PERMUTE=permute,
         HAS_NORM=norm_weight is not None,
         X_DTYPE=x_dtype,
         Y_DTYPE=y_dtype,
@@ -521,7 +522,7 @@ def dot(x, words, scale, norm_weight, bias, eps, starts=(), config=None) -> torc
     starts = list(starts) if groups > 1 else []
     bm, bn, bkw, warps, stages = config or dot_config(n, k, m)
     bn = _fit(bn, starts)
-    q, s, qsum = quantize_rows(x, norm_weight, eps, groups)
+    q, s, qsum = quantize_rows(x, norm_weight, eps, groups, permute=False)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     seg1, seg2 = _segments(starts, n)
     launch(_dot_kernel)[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
