@@ -506,7 +506,7 @@ def gemv(
         Y_DTYPE=y_dtype,
         BLOCK_N=block_n,
         BLOCK_KW=block_kw,
-        BLOCK_ROW=triton.next_power_of_2(k),
+        BLOCK_ROW=triton.next_power_of_2(kw * CODES_PER_WORD),  # as `quantize_rows`'
         DP4A=dp4a and not INTERPRET,
         INTERPRET=INTERPRET,
         num_warps=warps,
