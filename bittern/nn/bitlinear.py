@@ -185,9 +185,10 @@ def apply_shared(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Ten
     no_global_hooks = not (
         nn.modules.module._global_forward_pre_hooks or nn.modules.module._global_forward_hooks
     )
-    group = getattr(layers[0], "shared_group", None)
-    if group is not None and no_global_hooks and group.serves(layers):
-        return group(x)
+    if getattr(type(layers[0]), "groupable", False):  # a class flag: no instance lookup on other layers
+        group = layers[0].shared_group
+        if group is not None and no_global_hooks and group.serves(layers):
+            return group(x)
     if (
         all(isinstance(layer, BitLinear) and layer.quantized for layer in layers)
         and no_global_hooks

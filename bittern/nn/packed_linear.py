@@ -32,6 +32,8 @@ from bittern.nn.norm import RMSNorm
 class PackedTernaryLinear(nn.Module):
     """Frozen ternary weight as packed int32 words (out, ceil(in / 16)) and gamma per output row."""
 
+    groupable = True  # `apply_shared` looks for a `shared_group` on this class only
+
     def __init__(
         self,
         in_features: int,
