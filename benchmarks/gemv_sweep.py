@@ -50,7 +50,7 @@ PER_TOKEN = {  # how many of each a 1B token runs, grouped and not
 }
 L2_BYTES = 60 << 20
 ROTATE_BYTES = 2 * L2_BYTES  # each call of a graph reads other weights: nothing left in L2
-GEMV_GRID = {"block_n": (8, 16, 32), "block_kw": (64, 128), "warps": (4, 8)}
+GEMV_GRID = {"block_n": (8, 16, 32, 64), "block_kw": (64, 128), "warps": (4,)}  # ~1 s of compile each
 GEMV_GRID_FULL = {"block_n": (4, 8, 16, 32, 64), "block_kw": (32, 64, 128, 256), "warps": (2, 4, 8)}
 DOT_GRID = ((16, 16, 8, 4, 2), (16, 32, 4, 4, 3), (16, 32, 8, 4, 2), (16, 64, 4, 4, 2), (16, 64, 8, 4, 2))
 DOT_GRID_PREFILL = ((64, 64, 4, 4, 3), (64, 128, 2, 4, 3), (64, 128, 4, 8, 3), (128, 64, 2, 4, 3))
@@ -141,12 +141,17 @@ class Case:
         return graph_time_us(lambda i: F.linear(self.x, ws[i % copies]), copies)
 
 
-def configs(variant: str, m: int, full: bool, prefill: bool):
+def configs(variant: str, n: int, k: int, m: int, full: bool, prefill: bool):
     """None (the defaults) first, then the grid for this variant."""
+    from bittern.kernels import ternary_gemv as tg
+
     yield None
     if variant in ("fused", "gemv") and m <= 16:
         grid = GEMV_GRID_FULL if full else GEMV_GRID
         yield from itertools.product(grid["block_n"], grid["block_kw"], grid["warps"])
+        if not full:  # the default tiles with the other warp count
+            bn, bkw, w = tg.gemv_config(n, k, m)
+            yield (bn, bkw, 8 if w == 4 else 4)
     elif variant == "dot":
         yield from DOT_GRID_PREFILL if prefill else DOT_GRID
 
@@ -172,7 +177,7 @@ def sweep_case(case: Case, variants, full: bool, deadline: float) -> dict:
     for variant in variants:
         if variant.startswith(("fused", "gemv")) and prefill:
             continue  # one program per token: not a prefill kernel
-        for cfg in configs(variant, case.m, full, prefill):
+        for cfg in configs(variant, case.n, case.k, case.m, full, prefill):
             if time.perf_counter() > deadline:
                 out["cut_by_budget"] = True
                 return out
