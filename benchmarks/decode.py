@@ -43,19 +43,21 @@ VARIANTS = ("packed", "bf16", "hf")
 
 
 def weight_bytes(model: torch.nn.Module) -> dict[str, int]:
-    """Bytes of parameters and buffers (each tensor once): all, and the blocks' linear layers'."""
+    """Bytes of parameters and buffers (each storage once: a fused group's members hold views of
+    its words): all, and the blocks' linear layers' (their groups included)."""
+    linear_types = ("PackedTernaryLinear", "PackedTernaryGroup")
     seen, total, linear = set(), 0, 0
     for name, module in model.named_modules():
         is_linear = name.startswith("layers.") and (
-            isinstance(module, torch.nn.Linear | TernaryLinear)
-            or type(module).__name__ == "PackedTernaryLinear"
+            isinstance(module, torch.nn.Linear | TernaryLinear) or type(module).__name__ in linear_types
         )
         own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
         for _, t in own:
-            if id(t) in seen:
+            storage = t.untyped_storage()
+            if storage.data_ptr() in seen:
                 continue
-            seen.add(id(t))
-            size = t.numel() * t.element_size()
+            seen.add(storage.data_ptr())
+            size = storage.nbytes()
             total += size
             linear += size if is_linear else 0
     return {"total": total, "block_linears": linear}
@@ -156,7 +158,12 @@ def run_variant(variant: str, shape: str, batch: int, args, device, profile: boo
     if variant == "hf":
         return hf_peer(build(shape, "ternary", args.vocab, device), batch, args, device)
     quant = "ternary" if variant == "packed" else "none"
-    model = prepare_for_decoding(build(shape, quant, args.vocab, device), device)
+    model = prepare_for_decoding(
+        build(shape, quant, args.vocab, device),
+        device,
+        fuse_shared=not args.no_fuse,
+        variant=args.packed_variant,
+    )
     if device.type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
@@ -202,6 +209,12 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--deadline", type=float, default=420.0, help="seconds after which no new variant starts")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument(
+        "--packed-variant",
+        default="auto",
+        help="packed kernel variant: auto, fused, gemv, dot, fused-int, gemv-int (ternary_gemv.VARIANTS)",
+    )
+    p.add_argument("--no-fuse", action="store_true", help="packed q/k/v and gate/up run layer by layer")
     args = p.parse_args()
     begin = time.perf_counter()
     cuda = torch.cuda.is_available()
@@ -218,6 +231,8 @@ def main() -> int:
         "prompt": args.prompt,
         "new_tokens": args.new,
         "vocab": args.vocab,
+        "packed_variant": args.packed_variant,
+        "fused_groups": not args.no_fuse,
         "rows": [],
         "skipped": [],
     }

@@ -5,11 +5,16 @@
    without the inside norm the result must be bitwise the reference's; with it, the norm's
    float32 statistics may round differently, so the share of int8 codes that moved is reported
    and must stay tiny. Eager and compiled (the op inside torch.compile) must agree bitwise.
-2. A small Llama trained for a few hundred steps on a synthetic Markov corpus (so its greedy
+   Every kernel variant (`ternary_gemv.VARIANTS`: fused GEMV, GEMV after `_quant_kernel`, their
+   forms without dp4a, the tensor-core dot) at 1 and 8 tokens against the reference the same way.
+2. The fused groups (`PackedTernaryGroup`: q/k/v with three inside norms, gate/up with two) at
+   1, 8 and 128 tokens: bitwise the members' own outputs, eager and compiled.
+3. A small Llama trained for a few hundred steps on a synthetic Markov corpus (so its greedy
    choices are confident), frozen to TernaryLinear: greedy tokens of the packed model through
    the compiled decoder (CUDA graphs) against TernaryLinear's eager decode of the same bfloat16
    model, and against `bittern.generate.sample` on it; the first divergence per row and the
-   largest logit difference while the tokens agree.
+   largest logit difference while the tokens agree. The packed model runs with its q/k/v and
+   gate/up grouped (`bittern.inference.fuse`), as `prepare_for_decoding` leaves it.
 
 JSON out; exit status 1 if a check fails.
 
@@ -86,6 +91,80 @@ def check_kernels() -> list[dict]:
     return rows
 
 
+def check_variants() -> list[dict]:
+    """Each kernel variant against the reference, decode shapes, with and without the inside norm."""
+    from bittern.kernels.ternary_gemv import VARIANTS, pack_words, ternary_linear, ternary_linear_reference
+
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for k, n in SHAPES_1B:
+        words = pack_words(torch.randint(-1, 2, (n, k), device="cuda", generator=g, dtype=torch.int8))
+        scale = torch.rand(n, device="cuda", generator=g) * 0.02 + 0.01
+        bias = torch.randn(n, device="cuda", generator=g).bfloat16()
+        norm = (torch.rand(k, device="cuda", generator=g) + 0.5).bfloat16()
+        for m in (1, 8):
+            x = torch.randn(m, k, device="cuda", generator=g).bfloat16()
+            for variant in VARIANTS:
+                for nw in (None, norm):
+                    got = ternary_linear(x, words, scale, nw, bias, 1e-5, variant=variant)
+                    ref = ternary_linear_reference(x, words, scale, nw, bias, 1e-5)
+                    differ = (got != ref).float().mean().item()
+                    rows.append(
+                        {
+                            "shape": [m, n, k],
+                            "variant": variant,
+                            "norm": nw is not None,
+                            "share_differing_from_reference": differ,
+                            "ok": differ == 0 if nw is None else differ < CODE_FLIP_LIMIT,
+                        }
+                    )
+    return rows
+
+
+def check_groups() -> list[dict]:
+    """q/k/v and gate/up fused groups against their members run alone, eager and compiled."""
+    from bittern.nn.bitlinear import apply_shared
+    from bittern.nn.packed_linear import fuse_packed
+    from bittern.nn.ternary_linear import TernaryLinear
+
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(2)
+
+    @torch.compile(fullgraph=True, dynamic=False)
+    @torch.no_grad()
+    def compiled(layers, x):
+        return apply_shared(layers, x)
+
+    for name, sizes in (("qkv", (2048, 256, 256)), ("gate_up", (5632, 5632))):
+        layers = []
+        for n in sizes:
+            layer = TernaryLinear(2048, n, (), norm=True).cuda()
+            layer.codes.copy_(torch.randint(-1, 2, (n, 2048), device="cuda", generator=g, dtype=torch.int8))
+            layer.scale.fill_(0.0213)
+            layer.norm.weight.data = (torch.rand(2048, device="cuda", generator=g) + 0.5).bfloat16()
+            layers.append(layer.to_packed())
+        for m in (1, 8, 128):
+            x = torch.randn(1, m, 2048, device="cuda", generator=g).bfloat16()
+            with torch.no_grad():
+                alone = [layer(x) for layer in layers]
+                if m == 1:
+                    assert fuse_packed(layers) is not None
+                together = apply_shared(layers, x)
+                again = compiled(layers, x) if m in (1, 128) else together
+            same = all(torch.equal(a, b) for a, b in zip(alone, together, strict=True))
+            comp = all(torch.equal(a, b) for a, b in zip(together, again, strict=True))
+            rows.append(
+                {
+                    "group": name,
+                    "tokens": m,
+                    "equals_members_alone": same,
+                    "compiled_equals_eager": comp,
+                    "ok": same and comp,
+                }
+            )
+    return rows
+
+
 def markov_batch(table: torch.Tensor, batch: int, length: int, g: torch.Generator) -> torch.Tensor:
     """Sequences following `table` (each token's likely successor) 90% of the time."""
     vocab = table.shape[0]
@@ -148,12 +227,12 @@ def greedy_with_logits(dec, ids: list[list[int]], n: int):
 
 def check_greedy(steps: int, new: int) -> dict:
     from bittern.generate import sample
-    from bittern.inference import StaticDecoder, freeze, pack
+    from bittern.inference import StaticDecoder, freeze, fuse, pack
     from bittern.inference.prepare import cast_parameters
 
     model, table, losses = trained_model(steps)
     frozen = cast_parameters(freeze(model), torch.bfloat16)
-    packed = pack(copy.deepcopy(frozen))
+    packed = fuse(pack(copy.deepcopy(frozen)))
     g = torch.Generator(device="cuda").manual_seed(1)
     ids = markov_batch(table, 4, 32, g).tolist()
     ref_tokens, ref_logits = greedy_with_logits(StaticDecoder(frozen, 4, 32 + new), ids, new)
@@ -202,6 +281,8 @@ def main() -> int:
     ok = True
     for name, fn in (
         ("kernels", check_kernels),
+        ("variants", check_variants),
+        ("groups", check_groups),
         ("greedy", lambda: check_greedy(args.train_steps, args.new)),
     ):
         try:

@@ -5,7 +5,8 @@ tensor, attention always spans the whole cache under a mask built from positions
 `step` branches on data, so `torch.compile(mode="reduce-overhead")` captures one token's work in
 a CUDA graph and replays it. The model's weights and submodules (norms, projections, MLPs, head)
 are called as they are: training numerics are untouched, and any linear layer works (nn.Linear of
-the twin, BitLinear, TernaryLinear, PackedTernaryLinear).
+the twin, BitLinear, TernaryLinear, PackedTernaryLinear; packed q/k/v and gate/up grouped by
+`bittern.inference.fuse` run as one kernel launch through `apply_shared`).
 
 Rows of a batch may hold prompts of different lengths: they are right-padded for the prefill (a
 real token only attends to earlier real tokens, and per-token quantization keeps rows apart) and

@@ -2,9 +2,10 @@
 
 On CUDA with Triton: fully quantized BitLinears are frozen to TernaryLinear (the codes and gamma
 training computed), every TernaryLinear is packed (`TernaryLinear.to_packed`, 2 bits per weight,
-run by `bittern.kernels.ternary_gemv`), and the floating parameters are cast to bfloat16 (the
-twin's nn.Linear weights included, so both run the same decode). Buffers keep their dtype: gamma
-and the RoPE tables stay float32. On the CPU the model is left as it is.
+run by `bittern.kernels.ternary_gemv`), the floating parameters are cast to bfloat16 (the
+twin's nn.Linear weights included, so both run the same decode), and the packed projections that
+read one input (q/k/v, gate/up) are grouped to run as one kernel launch (`fuse`). Buffers keep
+their dtype: gamma and the RoPE tables stay float32. On the CPU the model is left as it is.
 """
 
 from __future__ import annotations
@@ -40,6 +41,33 @@ def pack(model: nn.Module) -> nn.Module:
     return model
 
 
+SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """Group each module's packed q/k/v and gate/up projections (`bittern.nn.packed_linear.fuse_packed`).
+
+    `bittern.nn.apply_shared` then runs each group as one layer; layers that cannot be grouped
+    (unpacked, different widths or norm eps) are left alone.
+    """
+    from bittern.nn.packed_linear import fuse_packed
+
+    for module in list(model.modules()):
+        for names in SHARED_INPUTS:
+            layers = [getattr(module, name, None) for name in names]
+            if all(layer is not None for layer in layers) and getattr(layers[0], "shared_group", 1) is None:
+                fuse_packed(layers)
+    return model
+
+
+def set_variant(model: nn.Module, variant: str) -> nn.Module:
+    """The packed kernel variant (`bittern.kernels.ternary_gemv.VARIANTS`) of every packed layer and group."""
+    for module in model.modules():
+        if hasattr(module, "variant") and hasattr(module, "words"):
+            module.variant = variant
+    return model
+
+
 def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """Floating parameters to `dtype` (tied ones once); buffers (gamma, RoPE) as they are."""
     for p in model.parameters():
@@ -49,11 +77,17 @@ def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 def prepare_for_decoding(
-    model: nn.Module, device: torch.device, packed: bool | None = None, dtype: torch.dtype | None = None
+    model: nn.Module,
+    device: torch.device,
+    packed: bool | None = None,
+    dtype: torch.dtype | None = None,
+    fuse_shared: bool = True,
+    variant: str = "auto",
 ) -> nn.Module:
     """The model ready for `StaticDecoder` on `device` (see the module docstring); eval mode, no grads.
 
-    packed None: wherever the kernels run; dtype None: bfloat16 on CUDA, unchanged elsewhere.
+    packed None: wherever the kernels run; dtype None: bfloat16 on CUDA, unchanged elsewhere;
+    fuse_shared: group the packed layers that read one input; variant: the packed kernels' variant.
     """
     device = torch.device(device)
     model = model.to(device).eval().requires_grad_(False)
@@ -65,6 +99,10 @@ def prepare_for_decoding(
         dtype = torch.bfloat16
     if dtype is not None:
         cast_parameters(model, dtype)
+    if packed:
+        if fuse_shared:
+            fuse(model)
+        set_variant(model, variant)
     return model.requires_grad_(False)  # the packed modules are new: no autograd through their ops
 
 

@@ -177,12 +177,21 @@ def apply_shared(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Ten
     """[layer(x) for layer in layers], for layers that read the same input (q/k/v, gate/up).
 
     BitLinears on the fused path share one norm-and-quantize pass over x, forward and backward
-    (`bittern.kernels.sharednorm`); anything else is called layer by layer. The layers' forward
-    pre-hooks run as a call would run them (they may watch, not replace, the input).
+    (`bittern.kernels.sharednorm`); packed layers grouped by `bittern.nn.packed_linear.fuse_packed`
+    run as their group (one kernel launch; only without hooks); anything else is called layer by
+    layer. The layers' forward pre-hooks run as a call would run them (they may watch, not
+    replace, the input).
     """
+    no_global_hooks = not (
+        nn.modules.module._global_forward_pre_hooks or nn.modules.module._global_forward_hooks
+    )
+    if getattr(type(layers[0]), "groupable", False):  # a class flag: no instance lookup on other layers
+        group = layers[0].shared_group
+        if group is not None and no_global_hooks and group.serves(layers):
+            return group(x)
     if (
         all(isinstance(layer, BitLinear) and layer.quantized for layer in layers)
-        and not (nn.modules.module._global_forward_pre_hooks or nn.modules.module._global_forward_hooks)
+        and no_global_hooks
         and fastpath.group_takes_fast_path(layers, x)
     ):
         for layer in layers:
