@@ -220,6 +220,8 @@ class BitLinearSharedFunction(torch.autograd.Function):
     *gammas, *w_codes_t) with settings = (number of layers, eps, out_dtype, grad_input_int8,
     grad_weight_int8, weight dtypes, recompute_codes). Saved as BitLinearFunction saves: with a
     norm, x and rstd (and the codes and s_x unless `recompute_codes`); without, the codes and s_x.
+    The weights' gradients read one dequantized copy of the shared codes (one transposed copy on
+    int8), not one each.
     """
 
     @staticmethod
@@ -266,12 +268,17 @@ class BitLinearSharedFunction(torch.autograd.Function):
             del dys
         if codes is None and any(ctx.needs_input_grad[3 : 3 + n]):
             codes, scale, _ = ops.rmsnorm_quant(x, norm_weight, eps)  # as the forward made them
-        dweights = [
-            ops.bitlinear_grad_weight(g, codes, scale, grad_weight_int8, w_dtypes[i])
-            if ctx.needs_input_grad[3 + i]
-            else None
-            for i, g in enumerate(grads)
-        ]
+        wanted = [i for i in range(n) if ctx.needs_input_grad[3 + i]]
+        dweights = [None] * n
+        if len(wanted) > 1 and len({w_dtypes[i] for i in wanted}) == 1:  # one dequantized x for all
+            made = ops.bitlinear_grad_weight_shared(
+                [grads[i] for i in wanted], codes, scale, grad_weight_int8, w_dtypes[wanted[0]]
+            )
+            for i, dw in zip(wanted, made, strict=True):
+                dweights[i] = dw
+        else:
+            for i in wanted:
+                dweights[i] = ops.bitlinear_grad_weight(grads[i], codes, scale, grad_weight_int8, w_dtypes[i])
         return None, dx, dnorm, *dweights, *([None] * (3 * n))
 
 

@@ -1,5 +1,7 @@
 """The fused BitLinear (an autograd.Function over custom ops, on tensors) against the reference layer."""
 
+import copy
+
 import pytest
 import torch
 
@@ -130,6 +132,14 @@ def _op_cases():
         ),
         "grad_weight": (ops.bitlinear_grad_weight, (grad, codes, scale, False, torch.float32)),
         "grad_weight_int8": (ops.bitlinear_grad_weight, (grad, codes, scale, True, torch.float32)),
+        "grad_weight_shared": (
+            ops.bitlinear_grad_weight_shared,
+            ([grad, grad[:, :7].contiguous()], codes, scale, False, torch.float32),
+        ),
+        "grad_weight_shared_int8": (
+            ops.bitlinear_grad_weight_shared,
+            ([grad, grad[:, :7].contiguous()], codes, scale, True, torch.float32),
+        ),
     }
 
 
@@ -168,7 +178,7 @@ def _reference_shared(shared, members):
     return forward
 
 
-def _fused_shared(shared, members, recompute_codes=True, grad_input_int8=False):
+def _fused_shared(shared, members, recompute_codes=True, grad_input_int8=False, grad_weight_int8=False):
     from bittern.kernels.function import bitlinear_shared
 
     def forward(x):
@@ -182,7 +192,7 @@ def _fused_shared(shared, members, recompute_codes=True, grad_input_int8=False):
             None if shared is None else shared.weight,
             0.0 if shared is None else shared.eps,
             grad_input_int8,
-            False,
+            grad_weight_int8,
             recompute_codes,
         )
         return [y if m.bias is None else y + m.bias for m, y in zip(members, ys, strict=True)]
@@ -228,14 +238,37 @@ def test_shared_norm_equals_reference_under_bf16_autocast():
         assert a.dtype == b.dtype and rel_err(a, b) < 2e-2
 
 
-def test_shared_norm_int8_grad_input_stays_close():
-    shared, members = _sublayer_group(2, True)
+@pytest.mark.parametrize("grad_input_int8, grad_weight_int8", [(True, False), (False, True)])
+def test_shared_norm_int8_backward_options_stay_close(grad_input_int8, grad_weight_int8):
+    shared, members = _sublayer_group(3, True)
     params = [shared.weight] + [m.weight for m in members]
     x = _x()
     _, g_ref = _run_shared(_reference_shared(shared, members), params, x)
-    _, g = _run_shared(_fused_shared(shared, members, grad_input_int8=True), params, x)
-    for a, b in zip(g, g_ref, strict=True):
-        assert rel_err(a, b) < 3e-2
+    _, g = _run_shared(_fused_shared(shared, members, False, grad_input_int8, grad_weight_int8), params, x)
+    dx, dnorm, *dws = g
+    assert rel_err(dx, g_ref[0]) < (3e-2 if grad_input_int8 else 1e-5)
+    assert rel_err(dnorm, g_ref[1]) < (3e-2 if grad_input_int8 else 1e-5)
+    for dw, ref in zip(dws, g_ref[2:], strict=True):
+        assert rel_err(dw, ref) < (3e-2 if grad_weight_int8 else 1e-5)
+
+
+def test_shared_norm_unused_output_and_frozen_weight():
+    shared, members = _sublayer_group(3, True)
+    members[1].weight.requires_grad_(False)
+    x = _x()
+    ys = _fused_shared(shared, members)(x)
+    (ys[0].sum() + ys[2].square().sum()).backward()  # ys[1] unused
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref_members = [copy.deepcopy(m) for m in members]
+    ref_shared = copy.deepcopy(shared)
+    for p in [ref_shared.weight, *[m.weight for m in ref_members]]:
+        p.grad = None
+    r = _reference_shared(ref_shared, ref_members)(ref_x)
+    (r[0].sum() + r[2].square().sum()).backward()
+    assert members[1].weight.grad is None
+    assert rel_err(x.grad, ref_x.grad) < 1e-5 and rel_err(shared.weight.grad, ref_shared.weight.grad) < 1e-5
+    for m, ref in zip(members[::2], ref_members[::2], strict=True):
+        assert rel_err(m.weight.grad, ref.weight.grad) < 1e-5
 
 
 def test_shared_norm_quantizes_once_and_saves_no_codes(monkeypatch):
@@ -245,6 +278,9 @@ def test_shared_norm_quantizes_once_and_saves_no_codes(monkeypatch):
     passes = []
     original = actquant.rmsnorm_quant
     monkeypatch.setattr(actquant, "rmsnorm_quant", lambda *a: passes.append(a[1]) or original(*a))
+    dequantized = []
+    original_dq = actquant.dequantize_rows
+    monkeypatch.setattr(actquant, "dequantize_rows", lambda *a: dequantized.append(1) or original_dq(*a))
     shared, members = _sublayer_group(3, True)
     x = _x()
     saved = []
@@ -255,4 +291,5 @@ def test_shared_norm_quantizes_once_and_saves_no_codes(monkeypatch):
     assert [t.dtype for t in saved if t.shape == (15, 48)] == [torch.float32]  # x, once
     sum(y.sum() for y in ys).backward()
     assert len(passes) == 2  # the backward remakes the codes once, for every layer's grad_weight
+    assert len(dequantized) == 1  # and dequantizes them once for all three grad_weight GEMMs
     assert shared.weight.grad is not None and all(m.weight.grad is not None for m in members)
