@@ -8,7 +8,8 @@ What the CPU tests cannot show, on one CUDA GPU in about a minute:
    AdamW, bf16 autocast, the code refresh after each optimizer step) on the fused path, eager
    and compiled block by block, with each kernel: per-step losses against the eager fused run
    (the compiled graphs must read the codes each refresh rewrites in place) and against the
-   reference path; after the last step, every layer's codes against a fresh ternarization of
+   reference path (`--norm-placement sublayer`: BitNet 2B's sub-layer norms, each fused with its
+   quantization); after the last step, every layer's codes against a fresh ternarization of
    its weight (the refresh is then a replayed CUDA graph).
 
 JSON out; exit status 1 if a check fails.
@@ -81,7 +82,7 @@ def stale_codes(model: torch.nn.Module, refresher) -> dict:
     }
 
 
-def train_losses(kernel: str, fast: bool, compiled: bool) -> list[float]:
+def train_losses(kernel: str, fast: bool, compiled: bool, norm_placement: str = "inside") -> list[float]:
     from bittern.config import ClipConfig, OptimConfig
     from bittern.kernels import int8_mm as module
     from bittern.models import ModelConfig, build_model
@@ -103,6 +104,7 @@ def train_losses(kernel: str, fast: bool, compiled: bool) -> list[float]:
         n_kv_heads=4,
         ffn_dim=2816,
         max_seq_len=512,
+        norm_placement=norm_placement,
     )
     with torch.device("cuda"):
         model = build_model(cfg.resolved())
@@ -132,6 +134,9 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--kernels", default="pointer,tma")
     p.add_argument("--no-gemm", action="store_true", help="only the training checks")
+    p.add_argument(
+        "--norm-placement", default="inside", help="model.norm_placement of the trained model (sublayer too)"
+    )
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("gpu_selfcheck.py: needs a CUDA GPU", file=sys.stderr)
@@ -152,14 +157,16 @@ def main() -> int:
         for r in rows:
             ok = ok and r.get("int32_exact", False) and r.get("bf16_exact", False)
             print("gemm", r, flush=True)
-    reference = train_losses("pointer", fast=False, compiled=False)
+    report["norm_placement"] = args.norm_placement
+    reference = train_losses("pointer", fast=False, compiled=False, norm_placement=args.norm_placement)
     report["train"] = {"reference eager": reference}
     print("reference eager", reference, flush=True)
     for kernel in args.kernels.split(","):
         for compiled in (False, True):
             name = f"fast {kernel} {'compiled' if compiled else 'eager'}"
             try:
-                losses = train_losses(kernel, fast=True, compiled=compiled)
+                placement = args.norm_placement
+                losses = train_losses(kernel, fast=True, compiled=compiled, norm_placement=placement)
             except Exception as e:
                 report["train"][name] = repr(e)[:500]
                 print(name, "FAILED", repr(e)[:300], flush=True)

@@ -8,7 +8,10 @@ step, the refresh of the ternary codes):
     twin-compiled, fast-compiled, ref-compiled, twin-eager, fast-eager, ref-eager,
     fast-compiled-int8-gi (grad_input on int8), fast-compiled-int8-gi-gw (and grad_weight;
     these two on the 1b preset only, unless --int8-presets says otherwise),
-    fast-compiled-saved-codes (the activation codes saved for backward, not remade)
+    fast-compiled-saved-codes (the activation codes saved for backward, not remade),
+    twin-sublayer-compiled, fast-sublayer-compiled (model.norm_placement = "sublayer", BitNet
+    b1.58 2B's layout: each of a block's 4 norms fused with the int8 quantization of its output
+    on the fast path; the fast one is compared with the twin of the same layout)
 
 ("twin" = plain nn.Linear, "ref" = BitLinear's PyTorch reference path, "fast" = the fused
 Triton kernels of bittern.kernels) it records tokens/s, step time, peak memory and MFU after a
@@ -67,6 +70,7 @@ class Variant:
     quant: str  # "none": the nn.Linear twin; "ternary": BitLinear
     compiled: bool
     kernels: KernelOptions | None = None  # ternary only: the fused path's options (enabled=False: reference)
+    norm_placement: str | None = None  # model.norm_placement; None: the preset's (llama: "inside")
 
 
 OFF = KernelOptions(enabled=False)
@@ -81,6 +85,9 @@ VARIANTS = [  # most important first: a deadline cuts from the end
     Variant("fast-compiled-int8-gi-gw", "ternary", True, KernelOptions(True, True, True)),
     # the activation codes kept from forward to backward (as before kernels.recompute_codes)
     Variant("fast-compiled-saved-codes", "ternary", True, KernelOptions(recompute_codes=False)),
+    # BitNet b1.58 2B's sub-layer norms (issue 15's choice): 4 fused norm + quantize passes per block
+    Variant("twin-sublayer-compiled", "none", True, norm_placement="sublayer"),
+    Variant("fast-sublayer-compiled", "ternary", True, KernelOptions(), norm_placement="sublayer"),
 ]
 
 
@@ -90,7 +97,13 @@ def build(preset: str, variant: Variant, vocab: int, seq: int, cache_codes: bool
     `cache_codes` False: ternarize in every forward, as the trainer has it under FSDP2.
     """
     torch.manual_seed(0)
-    cfg = ModelConfig(preset=preset, quant=variant.quant, vocab_size=vocab, max_seq_len=seq).resolved()
+    cfg = ModelConfig(
+        preset=preset,
+        quant=variant.quant,
+        vocab_size=vocab,
+        max_seq_len=seq,
+        norm_placement=variant.norm_placement,
+    ).resolved()
     with torch.device(DEVICE):
         model = build_model(cfg)
     if variant.kernels is not None:
@@ -261,6 +274,7 @@ def ratios(results: list[dict]) -> list[dict]:
         if not name.startswith("fast"):
             continue
         mode = "compiled" if "compiled" in name else "eager"
+        mode = f"sublayer-{mode}" if "-sublayer-" in name else mode  # against the same layout's
         twin_wrap = "fsdp" if wrap == "fsdp-packed" else wrap  # the twin has nothing to pack
         twin, ref = by.get((preset, f"twin-{mode}", twin_wrap)), by.get((preset, f"ref-{mode}", wrap))
         row = {"preset": preset, "variant": name, "wrap": wrap}
@@ -443,7 +457,7 @@ def equal_learning(args) -> int:
     start = time.perf_counter()
     for variant in [v for v in VARIANTS if v.name in names]:
         if not args.compile_equal:
-            variant = Variant(variant.name.replace("compiled", "eager"), "ternary", False, variant.kernels)
+            variant = replace(variant, name=variant.name.replace("compiled", "eager"), compiled=False)
         row = {"variant": variant.name}
         if args.deadline - (time.perf_counter() - start) < args.min_left:
             row["skipped"] = "deadline"

@@ -207,3 +207,108 @@ def bitlinear_group(
     )
     ys = BitLinearGroupFunction.apply(settings, x2, *norm_weights, *weights, *codes, *gammas, *codes_t)
     return [y.reshape(*lead, y.shape[-1]) for y in ys]
+
+
+class BitLinearSharedFunction(torch.autograd.Function):
+    """1-3 BitLinears without norms of their own reading one 2-D x through one shared RMSNorm.
+
+    The sub-layer norm placement (BitNet b1.58 2B): the block's RMSNorm feeds q/k/v (or gate/up),
+    a sub-norm feeds o_proj (or down_proj). One norm weight, so one set of activation codes and
+    s_x serves every layer: one norm + quantize pass forward (none without a norm weight: the
+    quantizer alone), and one backward pass writing dx and the norm weight's gradient from every
+    layer's input gradient. Called as apply(settings, x, norm_weight or None, *weights, *w_codes,
+    *gammas, *w_codes_t) with settings = (number of layers, eps, out_dtype, grad_input_int8,
+    grad_weight_int8, weight dtypes, recompute_codes). Saved as BitLinearFunction saves: with a
+    norm, x and rstd (and the codes and s_x unless `recompute_codes`); without, the codes and s_x.
+    The weights' gradients read one dequantized copy of the shared codes (one transposed copy on
+    int8), not one each.
+    """
+
+    @staticmethod
+    def forward(ctx, settings: tuple, x: torch.Tensor, norm_weight: torch.Tensor | None, *tensors):
+        n, eps, out_dtype, recompute_codes = settings[0], settings[1], settings[2], settings[6]
+        _, w_codes, gammas, w_codes_t = (list(tensors[i * n : (i + 1) * n]) for i in range(4))
+        codes, scale, rstd = ops.rmsnorm_quant(x, norm_weight, eps)
+        ys = [ops.int8_mm(codes, wc, scale, g, out_dtype) for wc, g in zip(w_codes, gammas, strict=True)]
+        if norm_weight is None:  # the codes (1 byte per element) are all the backward needs of x
+            acts = (None, None, codes, scale)
+        elif recompute_codes:  # x is needed anyway (the norm's backward); the codes come from it again
+            acts = (x, rstd, None, None)
+        else:
+            acts = (x, rstd, codes, scale)
+        ctx.save_for_backward(*acts, norm_weight, *w_codes, *gammas, *w_codes_t)
+        ctx.settings = settings
+        ctx.x_dtype = x.dtype
+        return tuple(ys)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        n, eps, out_dtype, grad_input_int8, grad_weight_int8, w_dtypes, _ = ctx.settings
+        x, rstd, codes, scale, norm_weight, *saved = ctx.saved_tensors
+        w_codes, gammas, w_codes_t = (saved[i * n : (i + 1) * n] for i in range(3))
+        rows = (x if codes is None else codes).shape[0]
+        # an output nobody used gets no gradient: zeros stand in
+        grads = [
+            torch.zeros((rows, c.shape[0]), dtype=out_dtype, device=c.device) if g is None else g.contiguous()
+            for g, c in zip(grads, w_codes, strict=True)
+        ]
+        dx = dnorm = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dys = [
+                ops.bitlinear_grad_input(g, w_codes[i], gammas[i], w_codes_t[i], grad_input_int8)
+                for i, g in enumerate(grads)
+            ]
+            if norm_weight is None:  # the quantizer passes the gradient straight through
+                dx = (dys[0] if n == 1 else torch.stack([d.float() for d in dys]).sum(0)).to(ctx.x_dtype)
+            elif n == 1:
+                dx, dnorm = ops.rmsnorm_quant_backward(dys[0], x, norm_weight, rstd)
+            else:  # the group pass with the one weight in every slot: dx summed in float32 once
+                dx, *dnorms = ops.rmsnorm_quant_group_backward(dys, x, [norm_weight] * n, rstd)
+                dnorm = torch.stack([d.float() for d in dnorms]).sum(0).to(norm_weight.dtype)
+            del dys
+        if codes is None and any(ctx.needs_input_grad[3 : 3 + n]):
+            codes, scale, _ = ops.rmsnorm_quant(x, norm_weight, eps)  # as the forward made them
+        wanted = [i for i in range(n) if ctx.needs_input_grad[3 + i]]
+        dweights = [None] * n
+        if len(wanted) > 1 and len({w_dtypes[i] for i in wanted}) == 1:  # one dequantized x for all
+            made = ops.bitlinear_grad_weight_shared(
+                [grads[i] for i in wanted], codes, scale, grad_weight_int8, w_dtypes[wanted[0]]
+            )
+            for i, dw in zip(wanted, made, strict=True):
+                dweights[i] = dw
+        else:
+            for i in wanted:
+                dweights[i] = ops.bitlinear_grad_weight(grads[i], codes, scale, grad_weight_int8, w_dtypes[i])
+        return None, dx, dnorm, *dweights, *([None] * (3 * n))
+
+
+def bitlinear_shared(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    codes: list[torch.Tensor],
+    gammas: list[torch.Tensor],
+    codes_t: list[torch.Tensor | None],
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    grad_input_int8: bool = False,
+    grad_weight_int8: bool = False,
+    recompute_codes: bool = True,
+) -> list[torch.Tensor]:
+    """`bitlinear` of 1-3 norm-free layers on RMSNorm(x) (one `norm_weight`, or none): one shared pass.
+
+    Each output equals `bitlinear(rmsnorm(x), ..., None, ...)` of its layer, where `rmsnorm` is
+    `bittern.nn.RMSNorm`'s forward; the codes of the normalized x are made once for all layers.
+    """
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    settings = (
+        len(weights),
+        eps,
+        output_dtype(x, norm_weight),
+        grad_input_int8,
+        grad_weight_int8,
+        tuple(w.dtype for w in weights),
+        recompute_codes,
+    )
+    ys = BitLinearSharedFunction.apply(settings, x2, norm_weight, *weights, *codes, *gammas, *codes_t)
+    return [y.reshape(*lead, y.shape[-1]) for y in ys]

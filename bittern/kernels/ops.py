@@ -126,6 +126,28 @@ def _(grad, codes, scale, int8, out_dtype):
     return grad.new_empty((grad.shape[1], codes.shape[1]), dtype=out_dtype)
 
 
+@kernel_op("bittern::bitlinear_grad_weight_shared")
+def bitlinear_grad_weight_shared(
+    grads: list[Tensor], codes: Tensor, scale: Tensor, int8: bool, out_dtype: torch.dtype
+) -> list[Tensor]:
+    """`bitlinear_grad_weight` of each grad against one set of activation codes (layers sharing an
+    input): the dequantized activations (or the transposed codes, int8) made once for all."""
+    if int8 and codes.shape[0] <= MAX_INT8_TOKENS:
+        codes_t = codes.t().contiguous()
+        outs = []
+        for grad in grads:
+            g_codes_t, g_scale = gradquant.quantize_grad_cols(grad, scale)
+            outs.append(_int8_mm(g_codes_t, codes_t, g_scale, None, out_dtype))
+        return outs
+    x = actquant.dequantize_rows(codes, scale, grads[0].dtype)
+    return [(grad.t() @ x).to(out_dtype) for grad in grads]
+
+
+@bitlinear_grad_weight_shared.register_fake
+def _(grads, codes, scale, int8, out_dtype):
+    return [g.new_empty((g.shape[1], codes.shape[1]), dtype=out_dtype) for g in grads]
+
+
 @kernel_op("bittern::bitlinear_group_forward")
 def bitlinear_group_forward(
     x: Tensor,

@@ -82,9 +82,13 @@ class Attention(nn.Module):
         sub = cfg.norm_placement == "sublayer"
         self.attn_sub_norm = RMSNorm(cfg.dim, cfg.norm_eps) if sub else None
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, start: int = 0):
+    def forward(
+        self, x, cos, sin, cache: KVCache | None = None, start: int = 0, norm: nn.Module | None = None
+    ):
+        """Attention over norm(x) (x itself without `norm`: the caller normalized it)."""
         B, T, _ = x.shape
-        q, k, v = apply_shared((self.q_proj, self.k_proj, self.v_proj), x)  # one norm pass when fused
+        # norm(x) and its quantization once for q/k/v when fused
+        q, k, v = apply_shared((self.q_proj, self.k_proj, self.v_proj), x, norm=norm)
         q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin)
         k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
@@ -101,9 +105,8 @@ class Attention(nn.Module):
             mask = torch.arange(k.shape[2], device=x.device)[None, :] <= pos_q
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
-        if self.attn_sub_norm is not None:
-            y = self.attn_sub_norm(y)
-        return self.o_proj(y)
+        (out,) = apply_shared((self.o_proj,), y, norm=self.attn_sub_norm)  # sub-norm + quantize fused
+        return out
 
 
 class FeedForward(nn.Module):
@@ -119,13 +122,12 @@ class FeedForward(nn.Module):
         self.ffn_sub_norm = RMSNorm(ffn_dim, cfg.norm_eps) if sub else None
         self.squared_relu = cfg.arch == "bitnet"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g, u = apply_shared((self.gate_proj, self.up_proj), x)  # one norm pass when fused
+    def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        """The FFN of norm(x) (x itself without `norm`: the caller normalized it)."""
+        g, u = apply_shared((self.gate_proj, self.up_proj), x, norm=norm)  # one norm pass when fused
         g = F.relu(g).square() if self.squared_relu else F.silu(g)
-        h = g * u
-        if self.ffn_sub_norm is not None:
-            h = self.ffn_sub_norm(h)
-        return self.down_proj(h)
+        (out,) = apply_shared((self.down_proj,), g * u, norm=self.ffn_sub_norm)  # sub-norm + quantize fused
+        return out
 
 
 class Block(nn.Module):
@@ -141,8 +143,11 @@ class Block(nn.Module):
             self.mlp = FeedForward(cfg, f"{prefix}.mlp")
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, start: int = 0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        # the norms run inside the projections' calls: fused with their quantization when it is one
+        x = x + self.self_attn(x, cos, sin, cache, start, norm=self.input_layernorm)
+        if isinstance(self.mlp, FeedForward):
+            return x + self.mlp(x, norm=self.post_attention_layernorm)
+        return x + self.mlp(self.post_attention_layernorm(x))  # the router reads norm(x) too
 
 
 class Transformer(nn.Module):

@@ -173,32 +173,55 @@ class BitLinear(nn.Linear):
         return s
 
 
-def apply_shared(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
-    """[layer(x) for layer in layers], for layers that read the same input (q/k/v, gate/up).
+def _no_global_hooks() -> bool:
+    return not (nn.modules.module._global_forward_pre_hooks or nn.modules.module._global_forward_hooks)
 
-    BitLinears on the fused path share one norm-and-quantize pass over x, forward and backward
-    (`bittern.kernels.sharednorm`); packed layers grouped by `bittern.nn.packed_linear.fuse_packed`
-    run as their group (one kernel launch; only without hooks); anything else is called layer by
-    layer. The layers' forward pre-hooks run as a call would run them (they may watch, not
-    replace, the input).
+
+def _run_pre_hooks(layers: Sequence[nn.Module], inputs) -> None:
+    """The layers' forward pre-hooks, as a call would run them on `inputs()` (made only if needed)."""
+    if not any(layer._forward_pre_hooks for layer in layers):
+        return
+    x = inputs()
+    for layer in layers:
+        for hook in layer._forward_pre_hooks.values():
+            if hook(layer, (x,)) is not None:
+                raise RuntimeError(f"a forward pre-hook of {layer!r} replaced its input: unsupported here")
+
+
+@torch.no_grad()
+def _watched(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """norm(x) for pre-hooks to watch: outside autograd (under torch.compile, gone if unread)."""
+    return norm(x)
+
+
+def apply_shared(
+    layers: Sequence[nn.Module], x: torch.Tensor, norm: nn.Module | None = None
+) -> list[torch.Tensor]:
+    """[layer(norm(x)) for layer in layers] (norm(x) once; x itself without `norm`), for layers
+    that read the same input (q/k/v, gate/up; or one layer after its sub-norm).
+
+    On the fused path the normalization and int8 quantization of the shared input run once,
+    forward and backward: BitLinears with their own norms (placement "inside") share one pass
+    over norm(x) (`bittern.kernels.sharednorm`); BitLinears without (placement "sublayer", or
+    `norm` None) read one set of int8 codes of norm(x), made by one fused RMSNorm + quantize
+    pass (`bittern.kernels.function.bitlinear_shared`), the norm module's forward never run.
+    Packed layers grouped by `bittern.nn.packed_linear.fuse_packed` run as their group (one
+    kernel launch; only without global hooks). Anything else (the twin, lambda below 1, the
+    reference path) is norm(x), then layer by layer. The layers' forward pre-hooks run as a
+    call would run them, on norm(x) (they may watch, not replace, the input; a norm pass of its
+    own is made for them, none without hooks).
     """
-    no_global_hooks = not (
-        nn.modules.module._global_forward_pre_hooks or nn.modules.module._global_forward_hooks
-    )
+    quantized = all(isinstance(layer, BitLinear) and layer.quantized for layer in layers)
+    if quantized and _no_global_hooks() and fastpath.shared_takes_fast_path(layers, norm, x):
+        _run_pre_hooks(layers, lambda: x if norm is None else _watched(norm, x))
+        return fastpath.fused_forward_shared(layers, norm, x)
+    if norm is not None:
+        x = norm(x)
     if getattr(type(layers[0]), "groupable", False):  # a class flag: no instance lookup on other layers
         group = layers[0].shared_group
-        if group is not None and no_global_hooks and group.serves(layers):
+        if group is not None and _no_global_hooks() and group.serves(layers):
             return group(x)
-    if (
-        all(isinstance(layer, BitLinear) and layer.quantized for layer in layers)
-        and no_global_hooks
-        and fastpath.group_takes_fast_path(layers, x)
-    ):
-        for layer in layers:
-            for hook in layer._forward_pre_hooks.values():
-                if hook(layer, (x,)) is not None:
-                    raise RuntimeError(
-                        f"a forward pre-hook of {layer!r} replaced its input: unsupported here"
-                    )
+    if quantized and _no_global_hooks() and fastpath.group_takes_fast_path(layers, x):
+        _run_pre_hooks(layers, lambda: x)
         return fastpath.fused_forward_group(layers, x)
     return [layer(x) for layer in layers]

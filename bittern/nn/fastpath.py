@@ -35,6 +35,7 @@ from torch import nn
 
 from bittern.kernels.availability import available
 from bittern.kernels.coderefresh import CodeSlot, new_codes, rewrite
+from bittern.nn.norm import RMSNorm
 
 FAST_GRANULARITIES = ("tensor", "channel")
 MAX_IN_FEATURES = 32768  # the fused norm kernel holds one row in registers
@@ -229,6 +230,58 @@ def fused_forward_group(layers: Sequence[nn.Module], x: torch.Tensor) -> list[to
         [c[2] for c in codes],
         [layer.norm.weight for layer in layers],
         layers[0].norm.eps,
+        o.grad_input_int8,
+        o.grad_weight_int8,
+        o.recompute_codes,
+    )
+    return [
+        y if layer.bias is None else y + layer.bias.to(y.dtype) for layer, y in zip(layers, ys, strict=True)
+    ]
+
+
+def shared_takes_fast_path(layers: Sequence[nn.Module], norm: nn.Module | None, x: torch.Tensor) -> bool:
+    """Whether BitLinears `layers` without norms of their own run on x through `norm` in one shared pass.
+
+    The sub-layer norm placement: `norm` (a `bittern.nn.RMSNorm` without hooks, or None: x is
+    quantized as it is) normalizes x once, and its int8 codes feed all 1-3 layers. Each layer
+    takes the fast path on its own, with the same kernel options and no forward hooks other
+    than plain pre-hooks.
+    """
+    if not 1 <= len(layers) <= 3 or x.shape[-1] > MAX_IN_FEATURES:
+        return False
+    if norm is not None:
+        if type(norm) is not RMSNorm or norm._forward_hooks or norm._forward_pre_hooks:
+            return False
+        w = norm.weight
+        if w.shape != (x.shape[-1],) or w.device != x.device or w.dtype not in FLOAT_DTYPES:
+            return False
+    elif len(layers) == 1:
+        return False  # one layer on x as it is: the layer's own fused forward
+    first = layers[0]
+    for layer in layers:
+        if layer.norm is not None or layer.kernel_options != first.kernel_options or layer._forward_hooks:
+            return False
+        if layer._forward_pre_hooks_with_kwargs or not takes_fast_path(layer, x):
+            return False
+    return True
+
+
+def fused_forward_shared(
+    layers: Sequence[nn.Module], norm: nn.Module | None, x: torch.Tensor
+) -> list[torch.Tensor]:
+    """Each of `layers` on norm(x), on the fused kernels (the caller checked `shared_takes_fast_path`)."""
+    from bittern.kernels.function import bitlinear_shared
+
+    o = layers[0].kernel_options
+    codes = [layer_codes(layer, o.grad_input_int8) for layer in layers]
+    ys = bitlinear_shared(
+        x,
+        [layer.weight for layer in layers],
+        [c[0] for c in codes],
+        [c[1] for c in codes],
+        [c[2] for c in codes],
+        None if norm is None else norm.weight,
+        0.0 if norm is None else norm.eps,
         o.grad_input_int8,
         o.grad_weight_int8,
         o.recompute_codes,

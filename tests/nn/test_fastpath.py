@@ -288,3 +288,137 @@ def test_training_equals_reference_step_by_step(cpu_kernels, make_optimizer):
     ref, fast = curves
     assert ref[0] - ref[-1] > 0.05  # the run learns, so stale codes would show
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=0)
+
+
+# ---- the sub-layer norm placement: each norm fused with its quantization, once ----------------
+
+SUBLAYER = dict(TINY, norm_placement="sublayer")
+
+
+def _sublayer_model(n_layers=1, seed=0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(n_layers=n_layers, **SUBLAYER).resolved())
+    with torch.no_grad():  # norm weights off 1, so their gradients and their use both show
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def _loss_and_grads(model, tokens):
+    loss = F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("recompute_codes", [True, False])
+def test_sublayer_transformer_fast_path_equals_reference(cpu_kernels, monkeypatch, recompute_codes):
+    """Every projection reads its norm's int8 codes made in one fused pass; equal to the reference path."""
+    shared = []
+    original = fastpath.fused_forward_shared
+    monkeypatch.setattr(
+        fastpath, "fused_forward_shared", lambda ls, n, x: shared.append(len(ls)) or original(ls, n, x)
+    )
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    results = []
+    for enabled in (False, True):
+        model = _sublayer_model()
+        options = KernelOptions(enabled=enabled, devices=cpu_kernels.devices, recompute_codes=recompute_codes)
+        assert configure_fast_path(model, options) == (7 if enabled else 0)
+        results.append(_loss_and_grads(model, tokens))
+    assert shared == [3, 1, 2, 1]  # q/k/v, o_proj, gate/up, down_proj: the four norms of the block
+    (ref_loss, ref_grads), (loss, grads) = results
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=0)
+    assert any(name.endswith("attn_sub_norm.weight") for name in grads)
+    for name, grad in grads.items():  # the norm weights' gradients included
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-3, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_sublayer_lambda_below_one_runs_the_reference_math(cpu_kernels, monkeypatch, lam):
+    monkeypatch.setattr(fastpath, "fused_forward_shared", None)  # would fail if called
+    monkeypatch.setattr(fastpath, "fused_forward", None)
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    results = []
+    for enabled in (False, True):
+        model = _sublayer_model()
+        configure_fast_path(model, KernelOptions(enabled=enabled, devices=cpu_kernels.devices))
+        set_quant_lambda(model, lam)
+        results.append(_loss_and_grads(model, tokens))
+    (ref_loss, ref_grads), (loss, grads) = results
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=0, atol=0, msg=name)
+
+
+def _norm_passes(model, tokens) -> tuple[list[str], int]:
+    """(the bittern ops a forward ran that normalize or quantize activations, aten rsqrt calls)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    quantizing = ("rmsnorm_quant", "rmsnorm_quant_group", "bitlinear_forward", "bitlinear_group_forward")
+    seen, rsqrt = [], []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._schema.name
+            if name.startswith("bittern::") and name.split("::")[1] in quantizing:
+                seen.append(name.split("::")[1])
+            elif func.overloadpacket is torch.ops.aten.rsqrt:
+                rsqrt.append(name)
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        model(tokens)
+    return seen, len(rsqrt)
+
+
+def test_sublayer_block_runs_four_norm_quantize_passes(cpu_kernels):
+    """A sub-layer block's forward: 4 fused RMSNorm + int8 passes, and no RMSNorm of its own (was 4 + 7)."""
+    model = _sublayer_model(n_layers=2)
+    configure_fast_path(model, cpu_kernels)
+    tokens = torch.zeros(1, 16, dtype=torch.long)
+    seen, rsqrt = _norm_passes(model, tokens)
+    assert seen == ["rmsnorm_quant"] * 4 * 2  # two blocks
+    assert rsqrt == 1  # the final norm before the head only
+    configure_fast_path(model, KernelOptions(enabled=False))
+    seen, rsqrt = _norm_passes(model, tokens)  # the reference: the norm modules run, no kernels
+    assert seen == [] and rsqrt == 4 * 2 + 1
+
+
+def test_sublayer_health_hooks_see_the_normed_input(cpu_kernels):
+    """Pre-hooks of layers fed by a fused norm watch norm(x), as on the reference path."""
+    from bittern.monitor.health import TernaryHealth
+
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    results = []
+    for enabled in (False, True):
+        model = _sublayer_model()
+        configure_fast_path(model, KernelOptions(enabled=enabled, devices=cpu_kernels.devices))
+        health = TernaryHealth().attach(model)
+        health.arm()
+        loss, grads = _loss_and_grads(model, tokens)
+        results.append((loss, grads, health.snapshot(model)))
+    (ref_loss, ref_grads, ref_stats), (loss, grads, stats) = results
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-3, atol=1e-6, msg=name)
+    assert any(k.endswith("q_proj/act_clip_frac") for k in stats)
+    assert stats == pytest.approx(ref_stats)
+
+
+def test_sublayer_compiled_block_serves_every_block(cpu_kernels):
+    import torch._dynamo.testing
+
+    model = _sublayer_model(n_layers=3)
+    assert configure_fast_path(model, cpu_kernels) == 21
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    loss, grads = _loss_and_grads(model, tokens)
+    model.zero_grad()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    for block in model.layers:
+        block.compile(backend=counter, fullgraph=True)
+    compiled_loss, compiled_grads = _loss_and_grads(model, tokens)
+    assert counter.frame_count == 1
+    torch.testing.assert_close(compiled_loss, loss, rtol=0, atol=0)
+    for name, grad in compiled_grads.items():
+        torch.testing.assert_close(grad, grads[name], rtol=0, atol=0, msg=name)
