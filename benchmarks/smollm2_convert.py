@@ -38,11 +38,14 @@ from pathlib import Path
 import torch
 
 from benchmarks.retokenize import retokenize
+from bittern.checkpoint.load import load_model_and_tokenizer
 from bittern.config import Config, config_from_dict
 from bittern.convert import convert_checkpoint
 from bittern.data.loader import TokenDataset
-from bittern.eval.runs import evaluate_runs
+from bittern.eval.perplexity import evaluate, evaluate_text
+from bittern.eval.runs import prefix_id, read_text
 from bittern.monitor import read_metrics
+from bittern.runtime import autocast, resolve_device, resolve_precision
 from bittern.train import Trainer
 
 QUIET = 10**9  # log.health_every / histogram_every: the ternary health hooks off
@@ -124,14 +127,21 @@ def plan_steps(budget_s: float, overhead_s: float, blend_s: float, step_s: float
     return max(1, int((budget_s - overhead_s) / per_step))
 
 
-def score(run: Path, data: Path, text: str, seq_len: int, device: str) -> dict:
-    """`bittern eval RUN --text TEXT` figures, and those of the whole validation split of `data`."""
-    out = {}
-    for name, kwargs in (("text", {"text_path": text}), ("val", {})):
-        e = evaluate_runs([str(run)], data_path=str(data), device=device, context=seq_len, **kwargs)
-        row = e.rows[0]
-        out[name] = {k: row[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens")}
-        out[name]["unigram_perplexity"] = e.baseline["perplexity"]
+def score(run: Path, data: TokenDataset, text: str, seq_len: int, batch: int, windows: int, device) -> dict:
+    """What `bittern eval RUN --text TEXT` computes (every token of the text once, windows of
+    `seq_len`), and the same on the first `windows` validation windows of `data` (0: all)."""
+    model, tokenizer = load_model_and_tokenizer(run, device=device)
+    amp = autocast(device, resolve_precision("auto", device))
+    data.check_tokenizer(tokenizer.identity())
+    body = read_text(Path(text))
+    ids = tokenizer.encode(body)
+    out = {"text": evaluate_text(model, ids, len(body.encode()), seq_len, prefix_id(tokenizer), batch, amp)}
+    max_batches = -(-windows // batch) if windows else None
+    out["val"] = evaluate(model, data, seq_len, batch, max_batches, device, amp)
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return out
 
 
@@ -156,6 +166,8 @@ def main() -> int:
     p.add_argument("--micro-batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--device", default="auto")
+    p.add_argument("--eval-batch", type=int, default=16, help="windows per forward when scoring")
+    p.add_argument("--val-windows", type=int, default=0, help="validation windows scored (0: all)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=torch.cuda.is_available())
     p.add_argument("--work", default="", help="folder for the runs and data (default: a temporary one)")
     args = p.parse_args()
@@ -194,11 +206,12 @@ def main() -> int:
             "val_tokens": ds.num_tokens("val"),
             "vocab_size": ds.vocab_size,
         }
-        del ds
         phase("data", t0)
 
         t0 = time.perf_counter()
-        report["teacher"] = score(source, data, args.text, args.seq_len, args.device)
+        device = resolve_device(args.device)
+        scoring = (ds, args.text, args.seq_len, args.eval_batch, args.val_windows, device)
+        report["teacher"] = score(source, *scoring)
         print("teacher", json.dumps(report["teacher"]), flush=True)
         phase("score_teacher", t0)
         scoring_s = report["phases_s"]["score_teacher"]
@@ -243,7 +256,7 @@ def main() -> int:
         phase("train", t0)
 
         t0 = time.perf_counter()
-        report["student"] = score(work / "student", data, args.text, args.seq_len, args.device)
+        report["student"] = score(work / "student", *scoring)
         phase("score_student", t0)
 
     t, s = report["teacher"], report["student"]

@@ -96,6 +96,8 @@ def test_script_end_to_end_on_a_tiny_gguf(tmp_path, corpus_folder, bpe_dataset):
         f"--text={text}",
         f"--out={out}",
         "--deadline=600",
+        "--val-windows=32",
+        "--eval-batch=8",
         "--max-steps=3",
         "--calib-steps=4",
         "--batch-size=4",
