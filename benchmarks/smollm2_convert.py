@@ -29,9 +29,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +45,7 @@ from bittern.checkpoint.load import load_model_and_tokenizer
 from bittern.config import Config, config_from_dict
 from bittern.convert import convert_checkpoint
 from bittern.data.loader import TokenDataset
+from bittern.errors import TrainingStopped
 from bittern.eval.perplexity import evaluate, evaluate_text
 from bittern.eval.runs import prefix_id, read_text
 from bittern.monitor import read_metrics
@@ -62,7 +66,7 @@ def student_config(data: str, steps: int, ramp: int, args: argparse.Namespace) -
             "micro_batch_size": args.micro_batch_size,
             "seq_len": args.seq_len,
             "eval_every": 0,
-            "eval_batches": 1,  # the run's own final validation; the scores come from evaluate_runs
+            "eval_batches": 1,  # the run's own final validation; the scores come from score()
             "compile": args.compile,
             "device": args.device,
         },
@@ -83,16 +87,27 @@ def ramp_steps(steps: int, frac: float) -> int:
     return max(1, min(steps, round(frac * steps)))
 
 
-def train(cfg: Config, out: Path, source: Path, log_every: int | None = None) -> dict:
-    """One student run into `out`; its wall time and the logged records."""
-    if log_every:
-        cfg.log.every = log_every
+def train(cfg: Config, out: Path, source: Path, stop_after: float | None = None) -> dict:
+    """One student run into `out`: its wall time, steps done and logged records. With `stop_after`
+    (seconds) the run gets SIGTERM then, if still going: it finishes the step, saves and stops."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer = Trainer(cfg, out, progress=False, init=str(source))
-    result = trainer.run()
+    done = threading.Event()
+    if stop_after is not None:  # the Trainer's own preemption path (bittern.train.signals)
+        wait = max(0.0, stop_after - (time.perf_counter() - start))
+        threading.Thread(target=_terminate, args=(wait, done), daemon=True).start()
+    stopped = None
+    try:
+        result = trainer.run()
+        val_loss = result.val_loss
+    except TrainingStopped as e:
+        stopped, val_loss = str(e), None
+    finally:
+        done.set()
+    steps = trainer.step
     trainer.close()
     wall = time.perf_counter() - start
     del trainer
@@ -102,11 +117,22 @@ def train(cfg: Config, out: Path, source: Path, log_every: int | None = None) ->
     records = [r for r in read_metrics(out / "metrics.jsonl") if "tokens_per_sec" in r]
     return {
         "wall_s": wall,
-        "steps": result.step,
-        "final_val_loss": result.val_loss,
+        "steps_done": steps,
+        "stopped": stopped,
+        "final_val_loss": val_loss,
         "records": records,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
     }
+
+
+def _terminate(wait: float, done: threading.Event) -> None:
+    """SIGTERM to this process after `wait` seconds, then every second until `done` (a signal that
+    comes before the Trainer's loop has started is not seen by it)."""
+    if done.wait(wait):
+        return
+    while not done.is_set():
+        os.kill(os.getpid(), signal.SIGTERM)
+        done.wait(1.0)
 
 
 def step_times(records: list[dict], tokens_per_step: int, drop: int = 2) -> dict:
@@ -167,11 +193,14 @@ def main() -> int:
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--device", default="auto")
     p.add_argument("--eval-batch", type=int, default=16, help="windows per forward when scoring")
-    p.add_argument("--val-windows", type=int, default=0, help="validation windows scored (0: all)")
+    p.add_argument("--val-windows", type=int, default=512, help="validation windows scored (0: all)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=torch.cuda.is_available())
     p.add_argument("--work", default="", help="folder for the runs and data (default: a temporary one)")
     args = p.parse_args()
     start = time.perf_counter()
+    signal.signal(signal.SIGTERM, lambda *_: None)  # a late stop signal (after the run) must not kill
+    dynamo = torch._dynamo.config  # two compiled runs in one process: keep both runs' graphs
+    dynamo.recompile_limit = max(getattr(dynamo, "recompile_limit", 8), 64)
     cuda = torch.cuda.is_available()
     report = {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
@@ -221,7 +250,9 @@ def main() -> int:
         if not steps:
             t0 = time.perf_counter()
             k = max(4, args.calib_steps)  # steps 0 .. k/2 - 2 blend, the rest at lambda 1
-            calib = train(student_config(str(data), k, k // 2, args), work / "calib", source, log_every=1)
+            cfg = student_config(str(data), k, k // 2, args)
+            cfg.log.every = 1
+            calib = train(cfg, work / "calib", source)
             times = step_times(calib.pop("records"), tokens_per_step)
             blend = times.get("blend", times.get("quantized"))
             quantized = times.get("quantized", blend)
@@ -243,12 +274,13 @@ def main() -> int:
         t0 = time.perf_counter()
         ramp = ramp_steps(steps, args.ramp_frac)
         cfg = student_config(str(data), steps, ramp, args)
-        run = train(cfg, work / "student", source)
+        hard_stop = args.deadline - (time.perf_counter() - start) - 1.2 * scoring_s - args.margin / 2
+        run = train(cfg, work / "student", source, stop_after=hard_stop)
         records = run.pop("records")
         report["student_train"] = run | {
             "steps": steps,
             "ramp_steps": ramp,
-            "tokens": steps * tokens_per_step,
+            "tokens": run["steps_done"] * tokens_per_step,
             "tokens_per_sec": statistics.median([r["tokens_per_sec"] for r in records[1:]] or [float("nan")]),
             "loss_curve": {r["step"]: r["loss"] for r in records},
             "lambda_curve": {r["step"]: r.get("quant_lambda") for r in records},

@@ -79,8 +79,7 @@ def test_step_plan_fits_the_budget():
     assert 20 + 0.1 * n * 2 + 0.9 * n * 1 <= 100 < 20 + 0.1 * (n + 1) * 2 + 0.9 * (n + 1)
 
 
-def test_script_end_to_end_on_a_tiny_gguf(tmp_path, corpus_folder, bpe_dataset):
-    """GGUF -> teacher run -> retokenized data -> calibration -> student -> JSON, on the CPU."""
+def run_script(tmp_path, corpus_folder, source_data, *extra) -> dict:
     from tests.convert.conftest import make_hf_model, tiny_tokenizer, write_gguf
 
     pytest.importorskip("gguf")
@@ -88,33 +87,32 @@ def test_script_end_to_end_on_a_tiny_gguf(tmp_path, corpus_folder, bpe_dataset):
     text.write_text((corpus_folder / "play_0.txt").read_text()[:4000])
     gguf = write_gguf(make_hf_model("llama"), tiny_tokenizer(), tmp_path / "tiny.gguf")
     out = tmp_path / "r.json"
-    cmd = [
-        sys.executable,
-        "benchmarks/smollm2_convert.py",
-        f"--gguf={gguf}",
-        f"--source-data={bpe_dataset}",
-        f"--text={text}",
-        f"--out={out}",
-        "--deadline=600",
-        "--val-windows=32",
-        "--eval-batch=8",
-        "--max-steps=3",
-        "--calib-steps=4",
-        "--batch-size=4",
-        "--micro-batch-size=2",
-        "--seq-len=32",
-        "--device=cpu",
-        "--no-compile",
-    ]
+    cmd = [sys.executable, "benchmarks/smollm2_convert.py", f"--gguf={gguf}", f"--source-data={source_data}"]
+    cmd += [f"--text={text}", f"--out={out}", "--val-windows=32", "--eval-batch=8", "--batch-size=4"]
+    cmd += ["--micro-batch-size=2", "--seq-len=32", "--device=cpu", "--no-compile", *extra]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    r = json.loads(out.read_text())
-    assert r["student_train"]["steps"] == 3 and r["student_train"]["tokens"] == 3 * 4 * 32
-    assert r["calibration"]["planned_steps"] == 3
+    return json.loads(out.read_text())
+
+
+def test_script_end_to_end_on_a_tiny_gguf(tmp_path, corpus_folder, bpe_dataset):
+    """GGUF -> teacher run -> retokenized data -> calibration -> student -> JSON, on the CPU."""
+    r = run_script(tmp_path, corpus_folder, bpe_dataset, "--deadline=600", "--max-steps=3", "--calib-steps=4")
+    assert r["student_train"]["steps_done"] == 3 and r["student_train"]["tokens"] == 3 * 4 * 32
+    assert r["student_train"]["stopped"] is None and r["calibration"]["planned_steps"] == 3
     assert r["data"]["vocab_size"] == 300 and r["data"]["train_tokens"] > 0
     for who in ("teacher", "student"):
         for where in ("text", "val"):
             assert r[who][where]["perplexity"] > 1, (who, where)
     student, teacher = r["student"]["text"]["perplexity"], r["teacher"]["text"]["perplexity"]
     assert r["ratio"]["text"] == pytest.approx(student / teacher)
+
+
+def test_script_stops_the_run_at_the_deadline(tmp_path, corpus_folder, bpe_dataset):
+    """Past its deadline the run is stopped through the Trainer's preemption path and its last
+    checkpoint is scored."""
+    r = run_script(tmp_path, corpus_folder, bpe_dataset, "--deadline=1", "--steps=100000")
+    run = r["student_train"]
+    assert "stopped by signal" in run["stopped"] and 1 <= run["steps_done"] < 100000
+    assert r["student"]["val"]["perplexity"] > 1
