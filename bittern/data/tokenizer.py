@@ -230,6 +230,8 @@ def build_tokenizer(spec: str, texts: Callable[[], Iterable[str]] | None, vocab_
     path = Path(spec).expanduser()
     if not path.exists():
         raise BitternError(f"unknown tokenizer {spec!r}: expected 'byte', 'bpe', or an existing local path")
+    if path.is_dir() and (path / META_FILE).is_file():  # one bittern saved (a run's tokenizer/): as saved,
+        return load_tokenizer(path)  # its EOS included, so data prepared with it matches the run
     return HFTokenizer.from_path(path)
 
 

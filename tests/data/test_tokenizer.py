@@ -71,6 +71,19 @@ def test_hf_tokenizer_json_folder_is_reloadable_without_source(tmp_path, corpus)
     assert again.identity() == hf.identity() and again.encode(TEXT) == bpe.encode(TEXT)
 
 
+def test_a_saved_tokenizer_folder_builds_the_saved_tokenizer(tmp_path, corpus):
+    """A run's tokenizer/ keeps its own EOS (a GGUF's may be one no guess would pick), so a dataset
+    prepared with `--tokenizer RUN/tokenizer` has the run's tokenizer identity."""
+    bpe = BPETokenizer.train(iter(corpus[:4]), 500)
+    chat = HFTokenizer(bpe.backend, "<|endoftext|>")
+    chat.eos_token, chat.eos_id = "a", bpe.backend.token_to_id("a")  # an EOS the guesses would not pick
+    chat.save(tmp_path / "run_tokenizer")
+    built = build_tokenizer(str(tmp_path / "run_tokenizer"), None, 0)
+    assert built.identity() == chat.identity() and built.eos_id == chat.eos_id != bpe.eos_id
+    bpe.save(tmp_path / "bpe")
+    assert build_tokenizer(str(tmp_path / "bpe"), None, 0).identity() == bpe.identity()
+
+
 def test_hf_autotokenizer_folder(tmp_path, corpus):
     bpe = BPETokenizer.train(iter(corpus[:4]), 500)
     bpe.backend.model.save(str(tmp_path))  # vocab.json + merges.txt, no tokenizer.json
