@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import statistics
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -90,3 +93,110 @@ def profile_summary(prof, repeats: int, per: str, kernels: int, host_ops: int, n
             for e in cpu_top
         ],
     )
+
+
+# ---- self-checks that survive a time limit ----------------------------------------------
+
+
+class Killed(Exception):
+    """SIGTERM arrived (`timeout` ran out) while a check ran."""
+
+
+def check_passed(result) -> bool:
+    """A check's result passes when its "ok" is true: a dict's own, or every row's of a list."""
+    if isinstance(result, dict):
+        return bool(result.get("ok", False))
+    if isinstance(result, list):
+        return bool(result) and all(isinstance(r, dict) and r.get("ok", False) for r in result)
+    return False
+
+
+def write_json_atomic(path: str | Path, report: dict) -> None:
+    """`report` as JSON at `path`, never half written: a kill mid-write leaves the previous file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=repr))
+    tmp.replace(path)
+
+
+def run_checks(
+    checks,
+    out: str | Path,
+    report: dict | None = None,
+    budget: float | None = None,
+    start: float | None = None,
+    log=None,
+) -> dict:
+    """Run named checks in order, `report` rewritten to `out` before and after each one.
+
+    `checks` is a sequence of (name, fn); fn() returns a JSON-able result whose "ok" says
+    whether it passed (`check_passed`). In `report["checks"][name]` each has its "status":
+    "pending", "running" (the one a kill stopped), "passed", "failed", "error" (it raised: type,
+    message and traceback kept, the next check runs), "skipped" (`budget` seconds since `start`,
+    default now, had passed before it began; nothing new starts past the budget) or "killed"
+    (SIGTERM arrived while it ran: recorded, the rest skipped). `report["ok"]` is whether every
+    check that ran passed, `report["complete"]` whether every check ran. One line is logged per
+    check as it ends, with the seconds since `start`. Returns the report.
+    """
+    log = log or (lambda line: print(line, flush=True))
+    start = time.monotonic() if start is None else start
+    report = {} if report is None else report
+    report["budget_s"] = budget
+    entries = report.setdefault("checks", {})
+    for name, _ in checks:
+        entries[name] = {"status": "pending"}
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+
+        def on_term(signum, frame):
+            raise Killed(f"signal {signum}")
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+    killed = False
+    try:
+        for name, fn in checks:
+            elapsed = time.monotonic() - start
+            if killed or (budget is not None and elapsed >= budget):
+                entries[name] = {"status": "skipped", "reason": "killed" if killed else "budget"}
+                log(f"[{elapsed:7.1f}s] {name}: skipped ({'killed' if killed else 'budget'})")
+                continue
+            entries[name] = {"status": "running", "started_s": round(elapsed, 2)}
+            write_json_atomic(out, report)
+            began = time.monotonic()
+            try:
+                result = fn()
+                entry = {"status": "passed" if check_passed(result) else "failed", "result": result}
+            except Killed as e:
+                killed = True
+                entry = {"status": "killed", "error": str(e)}
+            except Exception as e:  # recorded; the next check runs
+                entry = {
+                    "status": "error",
+                    "error": f"{type(e).__name__}: {e}"[:2000],
+                    "trace": traceback.format_exc()[-4000:],
+                }
+            entry["seconds"] = round(time.monotonic() - began, 2)
+            entries[name] = entry
+            statuses = [e["status"] for e in entries.values()]
+            report["ok"] = not any(s in ("failed", "error", "killed") for s in statuses)
+            report["wall_s"] = round(time.monotonic() - start, 2)
+            write_json_atomic(out, report)
+            detail = f" {entry['error'][:300]}" if "error" in entry else ""
+            log(f"[{report['wall_s']:7.1f}s] {name}: {entry['status']} ({entry['seconds']:.1f}s){detail}")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    statuses = [e["status"] for e in entries.values()]
+    report["ok"] = not any(s in ("failed", "error", "killed") for s in statuses)
+    report["complete"] = all(s in ("passed", "failed", "error") for s in statuses)
+    report["skipped"] = [n for n, e in entries.items() if e["status"] == "skipped"]
+    report["wall_s"] = round(time.monotonic() - start, 2)
+    write_json_atomic(out, report)
+    return report
+
+
+def checks_exit_status(report: dict) -> int:
+    """0: every check ran and passed; 1: one failed; 3: none failed but some were skipped."""
+    if not report["ok"]:
+        return 1
+    return 0 if report["complete"] else 3
