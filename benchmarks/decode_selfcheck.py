@@ -1,5 +1,10 @@
 """GPU self-check of the packed decode path: kernels at the 1B shapes, and greedy tokens end to end.
 
+The checks run in this order, each written to the JSON as it ends (`benchmarks.common.run_checks`:
+per check its status, seconds and result), so a time limit keeps what finished; `--budget`
+starts nothing new past its seconds and records the rest as skipped:
+
+0. greedy (3. below) first: the end-to-end check, the one the others serve;
 1. `bittern.kernels.ternary_gemv` on CUDA against its PyTorch reference and against TernaryLinear
    (unpacked, eager) at the 1B preset's shapes, decode (1, 8 tokens) and prefill (128, 1024):
    without the inside norm the result must be bitwise the reference's; with it, the norm's
@@ -9,16 +14,18 @@
    forms without dp4a, the tensor-core dot) at 1 and 8 tokens against the reference the same way.
 2. The fused groups (`PackedTernaryGroup`: q/k/v with three inside norms, gate/up with two) at
    1, 8 and 128 tokens: bitwise the members' own outputs, eager and compiled.
-3. A small Llama trained for a few hundred steps on a synthetic Markov corpus (so its greedy
-   choices are confident), frozen to TernaryLinear: greedy tokens of the packed model through
-   the compiled decoder (CUDA graphs) against TernaryLinear's eager decode of the same bfloat16
-   model, and against `bittern.generate.sample` on it; the first divergence per row and the
-   largest logit difference while the tokens agree. The packed model runs with its q/k/v and
-   gate/up grouped (`bittern.inference.fuse`), as `prepare_for_decoding` leaves it.
+3. A small Llama trained for `--train-steps` (120) steps on a synthetic Markov corpus (so its
+   greedy choices are confident: how often they follow the chain, `greedy_follows_chain`, and
+   the smallest top-2 logit margin on the greedy path are reported), frozen to TernaryLinear:
+   greedy tokens of the packed model through the compiled decoder (CUDA graphs) against
+   TernaryLinear's eager decode of the same bfloat16 model, and against `bittern.generate.sample`
+   on it (both must agree); the first divergence per row and the largest logit difference while
+   the tokens agree. The packed model runs with its q/k/v and gate/up grouped
+   (`bittern.inference.fuse`), as `prepare_for_decoding` leaves it.
 
-JSON out; exit status 1 if a check fails.
+JSON out; exit status 1 if a check fails, 3 if none failed but some were skipped.
 
-    PYTHONPATH=. python benchmarks/decode_selfcheck.py --out decode_check.json
+    PYTHONPATH=. python benchmarks/decode_selfcheck.py --out decode_check.json --budget 240
 """
 
 from __future__ import annotations
@@ -281,7 +288,18 @@ def check_greedy(steps: int, new: int) -> dict:
     }
 
 
-def main() -> int:
+def build_checks(args) -> list:
+    """(name, check) in the order they run: greedy, kernels, groups, variants (`--only` prefixes kept)."""
+    checks = [("greedy", partial(check_greedy, args.train_steps, args.new))]
+    checks += [(f"kernels {k}x{n}", partial(check_kernels, k, n)) for k, n in SHAPES_1B]
+    checks += [(f"groups {name}", partial(check_group, name, sizes)) for name, sizes in GROUPS]
+    checks += [(f"variants {k}x{n}", partial(check_variants, k, n)) for k, n in SHAPES_1B]
+    if args.only:
+        checks = [(name, fn) for name, fn in checks if name.startswith(tuple(args.only.split(",")))]
+    return checks
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument(
@@ -294,8 +312,12 @@ def main() -> int:
     p.add_argument(
         "--only", default=None, help="comma-separated check name prefixes to run (greedy,kernels,...)"
     )
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> int:
     start = time.monotonic()
+    args = parse_args()
     if not torch.cuda.is_available():
         print("decode_selfcheck needs a CUDA GPU", file=sys.stderr)
         return 1
@@ -306,14 +328,7 @@ def main() -> int:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
-    checks = [("greedy", lambda: check_greedy(args.train_steps, args.new))]
-    checks += [(f"kernels {k}x{n}", partial(check_kernels, k, n)) for k, n in SHAPES_1B]
-    checks += [(f"groups {name}", partial(check_group, name, sizes)) for name, sizes in GROUPS]
-    checks += [(f"variants {k}x{n}", partial(check_variants, k, n)) for k, n in SHAPES_1B]
-    if args.only:
-        wanted = tuple(args.only.split(","))
-        checks = [(name, fn) for name, fn in checks if name.startswith(wanted)]
-    report = run_checks(checks, args.out, report, args.budget, start)
+    report = run_checks(build_checks(args), args.out, report, args.budget, start)
     print(json.dumps({k: report[k] for k in ("ok", "complete", "skipped", "wall_s")}))
     return checks_exit_status(report)
 

@@ -36,9 +36,12 @@ import copy
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.common without PYTHONPATH
 
 GEMM_SHAPES = (
     (8192, 2048, 2048),
@@ -326,6 +329,7 @@ def check_gemms(kernel: str, reference: str = "gpu") -> list[dict]:
 
 
 def build_checks(args) -> list:
+    """(name, check) in the order they run: the parts, training, the GEMMs (`--only` prefixes kept)."""
     kernels = args.kernels.split(",")
     placement = args.norm_placement
     runs: dict = {}  # the training runs' losses, which later checks compare against
@@ -345,7 +349,7 @@ def build_checks(args) -> list:
     return checks
 
 
-def main() -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--kernels", default="pointer,tma")
@@ -369,8 +373,12 @@ def main() -> int:
         default=None,
         help="comma-separated check name prefixes to run (layer,group,block,train,gemm)",
     )
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> int:
     start = time.monotonic()
+    args = parse_args()
     if not torch.cuda.is_available():
         print("gpu_selfcheck.py: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -382,10 +390,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
         "norm_placement": args.norm_placement,
     }
-    checks = build_checks(args)
-    if args.only:
-        checks = [(name, fn) for name, fn in checks if name.startswith(tuple(args.only.split(",")))]
-    report = run_checks(checks, args.out, report, args.budget, start)
+    report = run_checks(build_checks(args), args.out, report, args.budget, start)
     print(
         "all checks passed"
         if checks_exit_status(report) == 0
