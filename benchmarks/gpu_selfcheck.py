@@ -346,6 +346,8 @@ def build_checks(args) -> list:
         checks += [
             (f"gemm {kernel}", partial(check_gemms, kernel, args.gemm_reference)) for kernel in kernels
         ]
+    if args.only:
+        checks = [(name, fn) for name, fn in checks if name.startswith(tuple(args.only.split(",")))]
     return checks
 
 

@@ -7,6 +7,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from benchmarks.common import check_passed, checks_exit_status, run_checks
 
 
@@ -95,3 +97,80 @@ def test_check_passed():
     assert check_passed({"ok": True}) and not check_passed({"ok": False}) and not check_passed({})
     assert check_passed([{"ok": True}, {"ok": True}]) and not check_passed([{"ok": True}, {}])
     assert not check_passed([]) and not check_passed(None)
+
+
+def test_self_checks_run_the_most_important_first():
+    """gpu_selfcheck: the fused path's parts, then training, the GEMMs; decode_selfcheck: greedy first."""
+    from benchmarks import decode_selfcheck, gpu_selfcheck
+
+    names = [
+        n
+        for n, _ in gpu_selfcheck.build_checks(
+            gpu_selfcheck.parse_args(["--out", "x", "--norm-placement", "sublayer"])
+        )
+    ]
+    assert names[:4] == [
+        "layer sublayer pointer",
+        "group sublayer pointer",
+        "block sublayer pointer",
+        "train reference eager",
+    ]
+    assert names[4:] == [
+        "train fast pointer eager",
+        "train fast pointer compiled",
+        "train fast tma eager",
+        "train fast tma compiled",
+        "gemm pointer",
+        "gemm tma",
+    ]
+    only = gpu_selfcheck.parse_args(
+        ["--out", "x", "--only", "train,gemm", "--no-gemm", "--kernels", "pointer"]
+    )
+    assert [n for n, _ in gpu_selfcheck.build_checks(only)] == [
+        "train reference eager",
+        "train fast pointer eager",
+        "train fast pointer compiled",
+    ]
+    names = [n for n, _ in decode_selfcheck.build_checks(decode_selfcheck.parse_args(["--out", "x"]))]
+    assert names[0] == "greedy" and len(names) == len(set(names)) == 1 + 4 + 2 + 4
+    assert decode_selfcheck.parse_args(["--out", "x", "--train-steps", "300"]).train_steps == 300
+
+
+def test_gemm_float64_reference_equals_the_int64_one():
+    """gpu_selfcheck's GEMM reference (float64 product, then int8_mm_reference's scaling) is the library's."""
+    import torch
+
+    from benchmarks.gpu_selfcheck import gemm_reference_gpu
+    from bittern.kernels.int8_mm import int8_mm_reference
+
+    g = torch.Generator().manual_seed(0)
+    M, N, K = 37, 24, 5632
+    a = torch.randint(-128, 128, (M, K), dtype=torch.int8, generator=g)
+    a[0] = -128  # the largest sums the 1B shapes reach
+    b = torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g)
+    b[0] = -1
+    row, col = torch.rand(M, generator=g) + 0.5, torch.rand(N, generator=g) + 0.5
+    assert torch.equal(gemm_reference_gpu(a, b), int8_mm_reference(a, b))
+    for r, c in ((row, col), (None, col), (row, None), (None, col[:1])):
+        for dtype in (torch.bfloat16, torch.float32):
+            assert torch.equal(gemm_reference_gpu(a, b, r, c, dtype), int8_mm_reference(a, b, r, c, dtype))
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="the fused kernels on CPU need TRITON_INTERPRET=1"
+)
+@pytest.mark.parametrize(
+    ("part", "placement"), [("layer", "sublayer"), ("group", "sublayer"), ("layer", "inside")]
+)
+def test_part_checks_run_on_the_cpu(part, placement):
+    """gpu_selfcheck's parts check on tiny shapes in Triton's interpreter: it passes, every gradient seen."""
+    from benchmarks.gpu_selfcheck import check_part
+
+    tiny = dict(preset="tiny", vocab_size=64, dim=32, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=16)
+    result = check_part(
+        part, placement, device="cpu", model_dims=tiny, tokens=(2, 16), devices=("cuda", "cpu")
+    )
+    fused = result["fused eager"]
+    assert result["ok"] and fused["worst_grad_rel_diff"] < 1e-5 and fused["outputs_rel_diff"] < 1e-5
+    # x, the weights, the norms' weights (the layer's own or its sub-norm; the group's two pre-norms)
+    assert fused["grads_checked"] == {"layer": 1 + 1 + 1, "group": 1 + 5 + 2}[part]
