@@ -81,29 +81,50 @@ def test_triton_path_is_taken_only_at_lambda_one_on_a_fast_device(cpu_kernels):
     assert not experts_take_fast_path(layers, x)
 
 
-def test_moe_layer_on_the_triton_kernel_equals_the_reference_loop(cpu_kernels, monkeypatch):
+@pytest.mark.parametrize(
+    ("path", "kernel", "calls"),
+    [("grouped", "grouped_bitlinear", 2), ("grouped-v1", "grouped_ternary_linear", 3)],
+)
+@pytest.mark.parametrize("placement", ["inside", "sublayer"])
+def test_moe_layer_on_the_triton_kernel_equals_the_reference_loop(
+    cpu_kernels, monkeypatch, path, kernel, calls, placement
+):
     import bittern.models.moe as moe
     from bittern.models import ModelConfig, build_model
     from bittern.models.moe import set_expert_path
 
     kernel_calls = []
-    original = moe.grouped_ternary_linear
-    monkeypatch.setattr(moe, "grouped_ternary_linear", lambda *a: kernel_calls.append(1) or original(*a))
+    original = getattr(moe, kernel)
+    monkeypatch.setattr(moe, kernel, lambda *a: kernel_calls.append(1) or original(*a))
 
     cfg = ModelConfig(
-        vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=32, max_seq_len=16, moe_experts=4
+        vocab_size=64,
+        dim=32,
+        n_layers=1,
+        n_heads=2,
+        n_kv_heads=1,
+        ffn_dim=32,
+        max_seq_len=16,
+        moe_experts=4,
+        norm_placement=placement,
     ).resolved()
     torch.manual_seed(0)
     model = build_model(cfg)
+    for name, p in model.named_parameters():  # norm weights apart from 1, each its own
+        if "norm" in name:
+            p.data.uniform_(0.5, 1.5)
     x = torch.randint(0, 64, (2, 8))
     outs = []
-    for path in ("grouped", "loop"):
-        set_expert_path(model, path)
+    for expert_path in (path, "loop"):
+        set_expert_path(model, expert_path)
         configure_fast_path(model, cpu_kernels)
         model.zero_grad()
         y = model(x)
         y.square().mean().backward()
-        outs.append((y.detach(), model.layers[0].mlp.experts[1].up_proj.weight.grad.clone()))
-    assert len(kernel_calls) == 3  # gate, up, down: the grouped path ran on the Triton kernel
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        outs.append((y.detach(), grads))
+    assert len(kernel_calls) == calls  # the grouped path ran on the Triton kernel
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-3, atol=1e-6)
+    assert outs[0][1].keys() == outs[1][1].keys() and any("norm" in n for n in outs[0][1])
+    for name, grad in outs[0][1].items():
+        torch.testing.assert_close(grad, outs[1][1][name], rtol=1e-3, atol=1e-6, msg=name)
