@@ -37,7 +37,7 @@ from torch import nn
 
 from bittern.config import Config
 from bittern.errors import BitternError
-from bittern.models.moe import combine, grouped_rows, moe_layers, sort_by_expert
+from bittern.models.moe import combine, grouped_rows, moe_layers, new_expert_codes, sort_by_expert
 
 
 class _AllToAll(torch.autograd.Function):
@@ -72,13 +72,15 @@ def exchange_counts(counts: torch.Tensor, world: int, group=None) -> torch.Tenso
     return received.view(world, -1)
 
 
-def run_local(experts: list[nn.Module], xs: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
-    """Received rows (per source rank, per local expert) through the local experts, in their order."""
+def run_local(experts: list[nn.Module], xs: torch.Tensor, received: torch.Tensor, codes=None) -> torch.Tensor:
+    """Received rows (per source rank, per local expert) through the local experts, in their order.
+
+    `codes`: the local experts' kept ternary codes (`bittern.models.moe.new_expert_codes`)."""
     n_src, n_local = received.shape
     local_id = torch.arange(n_local, device=xs.device).repeat(n_src)
     rows_expert = torch.repeat_interleave(local_id, received.flatten(), output_size=xs.shape[0])
     order = rows_expert.argsort(stable=True)
-    ys = grouped_rows(experts, xs[order], received.sum(dim=0))
+    ys = grouped_rows(experts, xs[order], received.sum(dim=0), codes)
     return torch.empty_like(ys).index_copy(0, order, ys)
 
 
@@ -89,6 +91,7 @@ def dispatch_combine(
     weights: torch.Tensor,
     chosen: torch.Tensor,
     group,
+    codes=None,
 ) -> torch.Tensor:
     """This rank's MoE output (N, D) for tokens x (N, D) routed to `chosen` (N, k) of all E experts,
     computed by whichever rank holds each expert (`experts` are this rank's, E / world of them)."""
@@ -98,7 +101,7 @@ def dispatch_combine(
     send = counts.view(world, -1).sum(dim=1).tolist()
     recv = received.sum(dim=1).tolist()
     xs = all_to_all(x[order // k], recv, send, group)
-    ys = run_local(experts, xs, received)
+    ys = run_local(experts, xs, received, codes)
     back = all_to_all(ys, send, recv, group)
     outputs = torch.empty_like(back).index_copy(0, order, back)  # back to token-copy order
     return combine(outputs, weights)
@@ -114,10 +117,12 @@ class ExpertShard(nn.Module):
         per = self.n_experts // world
         for e in range(rank * per, (rank + 1) * per):
             self.add_module(str(e), experts[e])
+        self.expert_codes = new_expert_codes()  # the local ternary experts' stacked codes
 
     @torch.compiler.disable  # host-synchronizing collectives: the compiled block breaks around them
     def forward(self, x: torch.Tensor, weights: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-        return dispatch_combine(list(self.children()), self.n_experts, x, weights, chosen, self.group)
+        experts = list(self.children())
+        return dispatch_combine(experts, self.n_experts, x, weights, chosen, self.group, self.expert_codes)
 
 
 def shard_experts(model: nn.Module, rank: int, world: int, group=None) -> list[str]:

@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bittern.kernels.grouped import grouped_mm, grouped_ternary_linear
+from bittern.kernels.grouped import grouped_bitlinear, grouped_mm, grouped_ternary_linear
 from bittern.models.config import ModelConfig
 from bittern.nn.bitlinear import BitLinear
+from bittern.nn.expertcodes import ExpertCodes
 from bittern.nn.fastpath import experts_take_fast_path
 from bittern.quant.ste import fake_quant_activations
 
-EXPERT_PATHS = ("grouped", "loop")
+EXPERT_PATHS = ("grouped", "grouped-v1", "loop")  # grouped-v1: per-call stacking (benchmarks)
 
 
 def route(
@@ -141,8 +142,98 @@ def grouped_linear(
     return y
 
 
-def grouped_rows(experts: Sequence[nn.Module], xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Rows sorted by expert (counts[e] of them for experts[e]) through their FFNs, as three grouped GEMMs."""
+def _bias(layers: list[nn.Module], y: torch.Tensor, rows_expert: torch.Tensor) -> torch.Tensor:
+    if layers[0].bias is None:
+        return y
+    return y + torch.stack([layer.bias for layer in layers])[rows_expert].to(y.dtype)
+
+
+def _kept_codes_apply(experts: Sequence[nn.Module], xs: torch.Tensor) -> bool:
+    """Whether the experts' three projections run from kept stacked codes (`grouped_bitlinear`)."""
+    first = experts[0]
+    gate = [e.gate_proj for e in experts]
+    up = [e.up_proj for e in experts]
+    down = [e.down_proj for e in experts]
+    if not (isinstance(first.gate_proj, BitLinear) and first.gate_proj.quantized):
+        return False
+    if xs.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    projections = gate + up + down
+    o, opts = first.gate_proj.kernel_options, first.gate_proj.options
+    for layer in projections:
+        if layer.kernel_options != o or layer.options != opts or not o.cache_codes:
+            return False
+    if (first.gate_proj.norm is None) != (first.up_proj.norm is None):
+        return False
+    return experts_take_fast_path(projections, xs)
+
+
+def _norm_weights(layers: list[list[nn.Module]]) -> torch.Tensor | None:
+    """(P, E, K) stacked norm weights of each part's expert layers (None: they have no norms)."""
+    if layers[0][0].norm is None:
+        return None
+    return torch.stack([torch.stack([layer.norm.weight for layer in part]) for part in layers])
+
+
+def kept_codes_rows(
+    experts: Sequence[nn.Module], xs: torch.Tensor, counts: torch.Tensor, codes: dict[str, ExpertCodes]
+) -> torch.Tensor:
+    """`grouped_rows` from stacked codes kept in `codes` ("gate_up", "down"): gate and up as one GEMM."""
+    rows_expert = None
+    if experts[0].gate_proj.bias is not None or experts[0].ffn_sub_norm is not None:
+        rows_expert = torch.repeat_interleave(
+            torch.arange(len(experts), device=xs.device), counts, output_size=xs.shape[0]
+        )
+    gate = [e.gate_proj for e in experts]
+    up = [e.up_proj for e in experts]
+    down = [e.down_proj for e in experts]
+    first = experts[0]
+    eps = first.gate_proj.options.norm_eps
+    w_gu, gamma_gu = codes["gate_up"].current([gate, up])
+    weights = [layer.weight for layer in gate + up]
+    gu = grouped_bitlinear(xs, _norm_weights([gate, up]), w_gu, gamma_gu, counts, weights, 2, eps)
+    g, u = gu.split(gate[0].out_features, dim=1)
+    g, u = _bias(gate, g, rows_expert), _bias(up, u, rows_expert)
+    h = (F.relu(g).square() if first.squared_relu else F.silu(g)) * u
+    if first.ffn_sub_norm is not None:
+        sub_w = torch.stack([e.ffn_sub_norm.weight for e in experts])
+        if down[0].norm is None:  # the sub-norm is the down projection's norm: fused with its quantization
+            w_d, gamma_d = codes["down"].current([down])
+            y = grouped_bitlinear(
+                h, sub_w[None], w_d, gamma_d, counts, [d.weight for d in down], 1, first.ffn_sub_norm.eps
+            )
+            return _bias(down, y, rows_expert)
+        h = _row_norm(h, sub_w, rows_expert, first.ffn_sub_norm.eps)
+    w_d, gamma_d = codes["down"].current([down])
+    y = grouped_bitlinear(h, _norm_weights([down]), w_d, gamma_d, counts, [d.weight for d in down], 1, eps)
+    return _bias(down, y, rows_expert)
+
+
+def grouped_rows(
+    experts: Sequence[nn.Module],
+    xs: torch.Tensor,
+    counts: torch.Tensor,
+    codes: dict[str, ExpertCodes] | None = None,
+    v1: bool = False,
+) -> torch.Tensor:
+    """Rows sorted by expert (counts[e] of them for experts[e]) through their FFNs, as grouped GEMMs.
+
+    Ternary experts on the fast path run from the stacked codes kept in `codes` (made for this
+    call where None): `kept_codes_rows`. Otherwise (or with `v1`) each projection is one
+    `grouped_linear`.
+    """
+    if not v1 and _kept_codes_apply(experts, xs):
+        return kept_codes_rows(experts, xs, counts, codes if codes is not None else new_expert_codes())
+    return grouped_rows_v1(experts, xs, counts)
+
+
+def new_expert_codes() -> dict[str, ExpertCodes]:
+    """The kept codes of one MoE layer's experts: gate and up stacked together, and down."""
+    return {"gate_up": ExpertCodes(), "down": ExpertCodes()}
+
+
+def grouped_rows_v1(experts: Sequence[nn.Module], xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """`grouped_rows` with each projection one `grouped_linear`, ternary weights stacked per call."""
     rows_expert = torch.repeat_interleave(
         torch.arange(len(experts), device=xs.device), counts, output_size=xs.shape[0]
     )
@@ -156,11 +247,18 @@ def grouped_rows(experts: Sequence[nn.Module], xs: torch.Tensor, counts: torch.T
     return grouped_linear([e.down_proj for e in experts], h, counts, rows_expert)
 
 
-def grouped_experts(experts: nn.ModuleList, x: torch.Tensor, weights, chosen) -> torch.Tensor:
-    """All experts as three grouped GEMMs over the token copies sorted by expert; equals `looped_experts`."""
+def grouped_experts(
+    experts: nn.ModuleList,
+    x: torch.Tensor,
+    weights,
+    chosen,
+    codes: dict[str, ExpertCodes] | None = None,
+    v1: bool = False,
+) -> torch.Tensor:
+    """All experts as grouped GEMMs over the token copies sorted by expert; equals `looped_experts`."""
     k = chosen.shape[1]
     order, counts = sort_by_expert(chosen, len(experts))
-    ys = grouped_rows(list(experts), x[order // k], counts)
+    ys = grouped_rows(list(experts), x[order // k], counts, codes, v1)
     outputs = torch.empty_like(ys).index_copy(0, order, ys)  # back to token-copy order
     return combine(outputs, weights)
 
@@ -187,6 +285,7 @@ class MoE(nn.Module):
         self.shared_expert = make_expert(f"{prefix}.shared_expert", shared * width) if shared else None
         self.register_buffer("expert_bias", torch.zeros(self.n_experts))
         self.expert_path = "grouped"
+        self.expert_codes = new_expert_codes()  # the ternary experts' stacked codes (plain attributes)
         self.aux_loss: torch.Tensor | None = None
         self.stats: torch.Tensor | None = None
 
@@ -197,9 +296,12 @@ class MoE(nn.Module):
         bias = self.expert_bias if self.balance == "bias" else None
         weights, chosen, probs = route(logits, self.top_k, bias, self.normalize)
         if isinstance(self.experts, nn.ModuleList):
-            grouped = self.expert_path == "grouped" and isinstance(self.experts[0].gate_proj, nn.Linear)
-            run = grouped_experts if grouped else looped_experts  # frozen (exported) experts: the loop
-            y = run(self.experts, h, weights, chosen)
+            grouped = self.expert_path != "loop" and isinstance(self.experts[0].gate_proj, nn.Linear)
+            if grouped:
+                v1 = self.expert_path == "grouped-v1"
+                y = grouped_experts(self.experts, h, weights, chosen, self.expert_codes, v1)
+            else:  # frozen (exported) experts: the loop
+                y = looped_experts(self.experts, h, weights, chosen)
         else:  # experts held elsewhere run themselves (bittern.distributed.expert_parallel.ExpertShard)
             y = self.experts(h, weights, chosen)
         if self.shared_expert is not None:

@@ -70,3 +70,26 @@ def test_moe_compiled_blocks_train_like_eager(tiny_config, tmp_path, monkeypatch
     assert a.keys() == b.keys()
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4), step
+
+
+def test_moe_resume_is_exact_on_the_fused_kernels(cpu_kernels, tiny_config, tmp_path, monkeypatch):
+    """The same, every BitLinear and the grouped experts on the Triton kernels (their kept codes)."""
+    import dataclasses
+
+    import bittern.train.trainer as trainer
+
+    made = trainer.KernelOptions
+
+    def options(*args, **kwargs):
+        return dataclasses.replace(made(*args, **kwargs), devices=cpu_kernels.devices)
+
+    monkeypatch.setattr(trainer, "KernelOptions", options)
+    sections = dict(model=MOE, train={"steps": 4, "eval_every": 0}, checkpoint={"every": 0})
+    train(tiny_config(**sections), tmp_path / "straight", progress=False)
+    Trainer(tiny_config(**sections), tmp_path / "split", progress=False).run(until=2)
+    resumed = Trainer(tiny_config(**sections), tmp_path / "split", resume=True, progress=False)
+    assert resumed.model.layers[0].mlp.expert_codes["down"].codes is None  # nothing kept before a forward
+    resumed.run()
+    assert resumed.model.layers[0].mlp.expert_codes["down"].codes is not None  # the kept-codes path ran
+    straight = losses(tmp_path / "straight")
+    assert losses(tmp_path / "split") == straight and len(straight) == 4
