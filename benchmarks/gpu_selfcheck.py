@@ -17,7 +17,7 @@ new past its seconds and records the rest as skipped):
    reference path (`--norm-placement sublayer`: BitNet 2B's sub-layer norms, each fused with its
    quantization); after the last step, every layer's codes against a fresh ternarization of
    its weight (the refresh is then a replayed CUDA graph);
-3. the int8 GEMM (pointer kernel, and the TMA kernel of `BITTERN_INT8_MM=tma`) exact against
+3. the int8 GEMM (pointer kernel, and the TMA kernel of `kernels.int8_mm = "tma"`) exact against
    its reference at the 1B preset's shapes. The exact product is made on the GPU in float64
    (every partial sum an integer below 2^53) and scaled as `int8_mm_reference` scales, which
    it must equal on the smallest shape (`--gemm-reference cpu`: `int8_mm_reference` in int64
@@ -50,6 +50,7 @@ GEMM_SHAPES = (
     (8192, 256, 2048),
     (77, 2048, 2048),
 )
+COMPILE_BACKEND = "inductor"  # the compiled checks' backend: train.compile_backend's default
 STEPS = 5  # the weight refresh is eager after steps 1-2, recorded after 2, replayed from 3 on
 # the trained model's shapes (the parts checks build the same model)
 CHECK_MODEL = dict(
@@ -121,12 +122,9 @@ def check_part(
     devices: tuple[str, ...] = ("cuda",),
 ) -> dict:
     """The fused path's `part` ("layer", "group" or "block": compiled) against the reference, float32."""
-    from bittern.kernels import int8_mm as module
     from bittern.models import ModelConfig, build_model
     from bittern.nn import KernelOptions, configure_fast_path
-    from bittern.train.compiling import backend
 
-    module.KERNEL = kernel
     torch._dynamo.reset()
     torch.manual_seed(0)
     cfg = ModelConfig(**dict(model_dims or CHECK_MODEL, n_layers=1), norm_placement=norm_placement).resolved()
@@ -137,7 +135,7 @@ def check_part(
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
     reference = copy.deepcopy(model)
-    assert configure_fast_path(model, KernelOptions(devices=devices)) == 7
+    assert configure_fast_path(model, KernelOptions(devices=devices, int8_mm=kernel)) == 7
     configure_fast_path(reference, KernelOptions(enabled=False))
     _, width = part_call(part, model)
     g = torch.Generator(device=device).manual_seed(1)
@@ -146,7 +144,7 @@ def check_part(
     runs = {"fused eager": part_grads(model, part, x, seed=2)}
     if part == "block":
         model.zero_grad(set_to_none=True)
-        model.layers[0].compile(backend=backend())  # as `compile_blocks` compiles
+        model.layers[0].compile(backend=COMPILE_BACKEND)  # as `compile_blocks` compiles
         runs = {"fused compiled": part_grads(model, part, x, seed=2), **runs}
     result = {
         "norm_placement": norm_placement,
@@ -209,7 +207,6 @@ def train_losses(
 ) -> tuple[list[float], dict | None]:
     """Per-step losses of STEPS trainer steps, and (fast path only) the kept codes' check after them."""
     from bittern.config import ClipConfig, OptimConfig
-    from bittern.kernels import int8_mm as module
     from bittern.models import ModelConfig, build_model
     from bittern.nn import KernelOptions, configure_fast_path
     from bittern.train.clip import GradClipper
@@ -217,15 +214,14 @@ def train_losses(
     from bittern.train.optim import build_optimizer
     from bittern.train.step import TrainStep
 
-    module.KERNEL = kernel
     torch._dynamo.reset()
     torch.manual_seed(0)
     cfg = ModelConfig(**CHECK_MODEL, norm_placement=norm_placement)
     with torch.device("cuda"):
         model = build_model(cfg.resolved())
-    assert (configure_fast_path(model, KernelOptions(enabled=fast)) > 0) == fast
+    assert (configure_fast_path(model, KernelOptions(enabled=fast, int8_mm=kernel)) > 0) == fast
     if compiled:
-        compile_blocks(model)
+        compile_blocks(model, COMPILE_BACKEND)
     optimizer = build_optimizer(model, OptimConfig(lr=1e-3))
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -291,7 +287,6 @@ def gemm_reference_gpu(a, b, row=None, col=None, out_dtype=torch.int32) -> torch
 def check_gemms(kernel: str, reference: str = "gpu") -> list[dict]:
     from bittern.kernels import int8_mm as module
 
-    module.KERNEL = kernel
     rows = []
     g = torch.Generator(device="cuda").manual_seed(0)
     for M, N, K in GEMM_SHAPES:
@@ -312,9 +307,11 @@ def check_gemms(kernel: str, reference: str = "gpu") -> list[dict]:
         else:
             want_int = gemm_reference_gpu(a, b)
             want = gemm_reference_gpu(a, b, row, col, torch.bfloat16)
-        exact = torch.equal(module.int8_mm(a, b), want_int)
+        exact = torch.equal(module.int8_mm(a, b, kernel=kernel), want_int)
         # twice: the first call autotunes, the second launches the remembered tile directly
-        scaled = all(torch.equal(module.int8_mm(a, b, row, col, torch.bfloat16), want) for _ in range(2))
+        scaled = all(
+            torch.equal(module.int8_mm(a, b, row, col, torch.bfloat16, kernel=kernel), want) for _ in range(2)
+        )
         rows.append(
             {
                 "kernel": kernel,

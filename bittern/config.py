@@ -25,6 +25,7 @@ PROGRESSIVE = ("none", "linear", "stepped")
 SPIKE_ACTIONS = ("warn", "skip", "rollback")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INIT_STRATEGIES = ("random", "pretrained", "progressive", "layerwise")
+INT8_MM_KERNELS = ("tma", "pointer")  # bittern.kernels.int8_mm.KERNELS (not imported here: Triton)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_batches: int = 16  # 0: the whole validation split
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend of train.compile ("aot_eager": no C++ compiler)
 
 
 @dataclass
@@ -153,6 +155,7 @@ class KernelsConfig:
     grad_input_int8: bool = False  # backward grad_input with row-wise int8 grad_output
     grad_weight_int8: bool = False  # backward grad_weight on int8 tensor cores
     recompute_codes: bool = True  # backward remakes activation codes from x (false: save them, more memory)
+    int8_mm: str = "tma"  # the int8 GEMM on Hopper: tma (persistent, TMA loads) | pointer
 
 
 @dataclass
@@ -326,6 +329,10 @@ def validate(cfg: Config) -> None:
     _check(s.name in SCHEDULES, f"schedule.name must be one of {SCHEDULES}")
     _check(cfg.clip.mode in CLIP_MODES, f"clip.mode must be one of {CLIP_MODES}")
     _check(cfg.progressive.schedule in PROGRESSIVE, f"progressive.schedule must be one of {PROGRESSIVE}")
+    _check(
+        cfg.kernels.int8_mm in INT8_MM_KERNELS,
+        f"kernels.int8_mm must be 'tma' or 'pointer', got {cfg.kernels.int8_mm!r}",
+    )
     _check(cfg.dist.mode in ("ddp", "fsdp"), "dist.mode must be ddp or fsdp")
     _check(cfg.dist.timeout > 0, "dist.timeout must be positive")
     _check(cfg.init.strategy in INIT_STRATEGIES, f"init.strategy must be one of {INIT_STRATEGIES}")

@@ -65,10 +65,8 @@ def _on_gpu(fn: Callable) -> Callable:
         nonlocal compiled
         if t.device.type != "cuda":
             return fn(t, *args)
-        if compiled is None:
-            from bittern.train.compiling import backend  # not at import: bittern.train imports this
-
-            compiled = torch.compile(fn, backend=backend())
+        if compiled is None:  # Inductor: these run on CUDA tensors only, whatever train.compile_backend is
+            compiled = torch.compile(fn, backend="inductor")
         return compiled(t, *args)
 
     call.__doc__ = fn.__doc__

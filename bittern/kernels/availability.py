@@ -18,8 +18,6 @@ import warnings
 
 import torch
 
-from bittern.errors import BitternError
-
 _probed: dict[str, bool] = {}
 
 
@@ -50,8 +48,6 @@ def _probe(device_type: str) -> bool:
         return False
     try:
         from bittern.kernels import function  # noqa: F401  (loads the kernels, registers the torch ops)
-    except BitternError:  # a setting of the user's (BITTERN_INT8_MM): reported, not worked around
-        raise
     except Exception as e:  # a Triton or torch version the kernels do not load on
         warnings.warn(f"bittern.kernels unavailable, using the reference path: {e!r}", stacklevel=3)
         return False

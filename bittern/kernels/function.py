@@ -43,8 +43,11 @@ class BitLinearFunction(torch.autograd.Function):
         grad_input_int8: bool,
         grad_weight_int8: bool,
         recompute_codes: bool = True,
+        int8_mm_kernel: str = "tma",
     ) -> torch.Tensor:
-        y, codes, scale, rstd = ops.bitlinear_forward(x, norm_weight, w_codes, gamma, eps, out_dtype)
+        y, codes, scale, rstd = ops.bitlinear_forward(
+            x, norm_weight, w_codes, gamma, eps, out_dtype, int8_mm_kernel
+        )
         if norm_weight is None:  # the codes (1 byte per element) are all the backward needs of x
             saved = (None, None, w_codes, gamma, w_codes_t, codes, scale, rstd)
         elif recompute_codes:  # x is needed anyway (the norm's backward); the codes come from it again
@@ -53,18 +56,18 @@ class BitLinearFunction(torch.autograd.Function):
             saved = (x, norm_weight, w_codes, gamma, w_codes_t, codes, scale, rstd)
         ctx.save_for_backward(*saved)
         ctx.dtypes = (x.dtype, weight.dtype)
-        ctx.options = (grad_input_int8, grad_weight_int8, eps)
+        ctx.options = (grad_input_int8, grad_weight_int8, eps, int8_mm_kernel)
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, norm_weight, w_codes, gamma, w_codes_t, codes, scale, rstd = ctx.saved_tensors
         x_dtype, w_dtype = ctx.dtypes
-        grad_input_int8, grad_weight_int8, eps = ctx.options
+        grad_input_int8, grad_weight_int8, eps, kernel = ctx.options
         grad = grad.contiguous()
         dx = dnorm = dweight = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dy = ops.bitlinear_grad_input(grad, w_codes, gamma, w_codes_t, grad_input_int8)
+            dy = ops.bitlinear_grad_input(grad, w_codes, gamma, w_codes_t, grad_input_int8, kernel)
             if norm_weight is None:
                 dx = dy.to(x_dtype)
             else:
@@ -72,8 +75,8 @@ class BitLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             if codes is None:  # recomputed as the forward made them: the same kernel on the same x
                 codes, scale, _ = ops.rmsnorm_quant(x, norm_weight, eps)
-            dweight = ops.bitlinear_grad_weight(grad, codes, scale, grad_weight_int8, w_dtype)
-        return dx, dnorm, dweight, None, None, None, None, None, None, None, None
+            dweight = ops.bitlinear_grad_weight(grad, codes, scale, grad_weight_int8, w_dtype, kernel)
+        return dx, dnorm, dweight, None, None, None, None, None, None, None, None, None
 
 
 def output_dtype(x: torch.Tensor, norm_weight: torch.Tensor | None) -> torch.dtype:
@@ -101,13 +104,15 @@ def bitlinear(
     grad_input_int8: bool = False,
     grad_weight_int8: bool = False,
     recompute_codes: bool = True,
+    int8_mm_kernel: str = "tma",
 ) -> torch.Tensor:
     """x (..., in) through RMSNorm (if `norm_weight`), int8 activations and the ternary `codes` * gamma.
 
     `weight` is the latent weight the gradient goes to; `codes_t` (the codes transposed, for the
     int8 grad_input) is made in the backward when None. `recompute_codes`: with a norm, the
-    backward makes the activation codes again from x instead of saving them. No bias: the
-    caller adds it.
+    backward makes the activation codes again from x instead of saving them. `int8_mm_kernel`:
+    the int8 GEMM's kernel on Hopper, "tma" or "pointer" (`bittern.kernels.int8_mm`). No bias:
+    the caller adds it.
     """
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
@@ -123,6 +128,7 @@ def bitlinear(
         grad_input_int8,
         grad_weight_int8,
         recompute_codes,
+        int8_mm_kernel,
     )
     return y.reshape(*lead, y.shape[-1])
 
@@ -132,7 +138,7 @@ class BitLinearGroupFunction(torch.autograd.Function):
 
     Called as apply(settings, x, *norm_weights, *weights, *w_codes, *gammas, *w_codes_t) with
     settings = (number of layers, eps, out_dtype, grad_input_int8, grad_weight_int8, weight dtypes,
-    recompute_codes). With `recompute_codes` only x and rstd of the activations are saved; the
+    recompute_codes, int8_mm_kernel). With `recompute_codes` only x and rstd of the activations are saved; the
     backward makes every layer's codes and s_x again from x in one shared pass (bit-identical).
     """
 
@@ -140,7 +146,7 @@ class BitLinearGroupFunction(torch.autograd.Function):
     def forward(ctx, settings: tuple, x: torch.Tensor, *tensors):
         n, eps, out_dtype = settings[:3]
         norm_weights, _, w_codes, gammas, w_codes_t = (list(tensors[i * n : (i + 1) * n]) for i in range(5))
-        outs = ops.bitlinear_group_forward(x, norm_weights, w_codes, gammas, eps, out_dtype)
+        outs = ops.bitlinear_group_forward(x, norm_weights, w_codes, gammas, eps, out_dtype, settings[7])
         ys, codes, scales, rstd = outs[:n], outs[n : 2 * n], outs[2 * n : 3 * n], outs[3 * n]
         kept = [] if settings[6] else [*codes, *scales]  # recompute_codes: none kept
         ctx.save_for_backward(x, rstd, *norm_weights, *w_codes, *gammas, *w_codes_t, *kept)
@@ -149,7 +155,7 @@ class BitLinearGroupFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        n, eps, out_dtype, grad_input_int8, grad_weight_int8, w_dtypes, recompute_codes = ctx.settings
+        n, eps, out_dtype, grad_input_int8, grad_weight_int8, w_dtypes, recompute_codes, kernel = ctx.settings
         x, rstd, *saved = ctx.saved_tensors
         norm_weights, w_codes, gammas, w_codes_t, codes, scales = (
             saved[i * n : (i + 1) * n] for i in range(6)
@@ -163,7 +169,7 @@ class BitLinearGroupFunction(torch.autograd.Function):
         dnorms = [None] * n
         if any(ctx.needs_input_grad[1 : 2 + n]):
             dys = [
-                ops.bitlinear_grad_input(g, w_codes[i], gammas[i], w_codes_t[i], grad_input_int8)
+                ops.bitlinear_grad_input(g, w_codes[i], gammas[i], w_codes_t[i], grad_input_int8, kernel)
                 for i, g in enumerate(grads)
             ]
             dx, *dnorms = ops.rmsnorm_quant_group_backward(dys, x, list(norm_weights), rstd)
@@ -173,7 +179,7 @@ class BitLinearGroupFunction(torch.autograd.Function):
             remade = ops.rmsnorm_quant_group(x, list(norm_weights), eps)
             codes, scales = remade[:n], remade[n : 2 * n]
         dweights = [
-            ops.bitlinear_grad_weight(g, codes[i], scales[i], grad_weight_int8, w_dtypes[i])
+            ops.bitlinear_grad_weight(g, codes[i], scales[i], grad_weight_int8, w_dtypes[i], kernel)
             if ctx.needs_input_grad[2 + n + i]
             else None
             for i, g in enumerate(grads)
@@ -192,6 +198,7 @@ def bitlinear_group(
     grad_input_int8: bool = False,
     grad_weight_int8: bool = False,
     recompute_codes: bool = True,
+    int8_mm_kernel: str = "tma",
 ) -> list[torch.Tensor]:
     """`bitlinear` of 2-3 layers (each with a norm, one eps) on the same x, their norms in one pass."""
     lead = x.shape[:-1]
@@ -204,6 +211,7 @@ def bitlinear_group(
         grad_weight_int8,
         tuple(w.dtype for w in weights),
         recompute_codes,
+        int8_mm_kernel,
     )
     ys = BitLinearGroupFunction.apply(settings, x2, *norm_weights, *weights, *codes, *gammas, *codes_t)
     return [y.reshape(*lead, y.shape[-1]) for y in ys]
@@ -218,10 +226,10 @@ class BitLinearSharedFunction(torch.autograd.Function):
     quantizer alone), and one backward pass writing dx and the norm weight's gradient from every
     layer's input gradient. Called as apply(settings, x, norm_weight or None, *weights, *w_codes,
     *gammas, *w_codes_t) with settings = (number of layers, eps, out_dtype, grad_input_int8,
-    grad_weight_int8, weight dtypes, recompute_codes). Saved as BitLinearFunction saves: with a
-    norm, x and rstd (and the codes and s_x unless `recompute_codes`); without, the codes and s_x.
-    The weights' gradients read one dequantized copy of the shared codes (one transposed copy on
-    int8), not one each.
+    grad_weight_int8, weight dtypes, recompute_codes, int8_mm_kernel). Saved as BitLinearFunction
+    saves: with a norm, x and rstd (and the codes and s_x unless `recompute_codes`); without, the
+    codes and s_x. The weights' gradients read one dequantized copy of the shared codes (one
+    transposed copy on int8), not one each.
     """
 
     @staticmethod
@@ -229,7 +237,10 @@ class BitLinearSharedFunction(torch.autograd.Function):
         n, eps, out_dtype, recompute_codes = settings[0], settings[1], settings[2], settings[6]
         _, w_codes, gammas, w_codes_t = (list(tensors[i * n : (i + 1) * n]) for i in range(4))
         codes, scale, rstd = ops.rmsnorm_quant(x, norm_weight, eps)
-        ys = [ops.int8_mm(codes, wc, scale, g, out_dtype) for wc, g in zip(w_codes, gammas, strict=True)]
+        ys = [
+            ops.int8_mm(codes, wc, scale, g, out_dtype, settings[7])
+            for wc, g in zip(w_codes, gammas, strict=True)
+        ]
         if norm_weight is None:  # the codes (1 byte per element) are all the backward needs of x
             acts = (None, None, codes, scale)
         elif recompute_codes:  # x is needed anyway (the norm's backward); the codes come from it again
@@ -243,7 +254,7 @@ class BitLinearSharedFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        n, eps, out_dtype, grad_input_int8, grad_weight_int8, w_dtypes, _ = ctx.settings
+        n, eps, out_dtype, grad_input_int8, grad_weight_int8, w_dtypes, _, kernel = ctx.settings
         x, rstd, codes, scale, norm_weight, *saved = ctx.saved_tensors
         w_codes, gammas, w_codes_t = (saved[i * n : (i + 1) * n] for i in range(3))
         rows = (x if codes is None else codes).shape[0]
@@ -255,7 +266,7 @@ class BitLinearSharedFunction(torch.autograd.Function):
         dx = dnorm = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             dys = [
-                ops.bitlinear_grad_input(g, w_codes[i], gammas[i], w_codes_t[i], grad_input_int8)
+                ops.bitlinear_grad_input(g, w_codes[i], gammas[i], w_codes_t[i], grad_input_int8, kernel)
                 for i, g in enumerate(grads)
             ]
             if norm_weight is None:  # the quantizer passes the gradient straight through
@@ -272,13 +283,15 @@ class BitLinearSharedFunction(torch.autograd.Function):
         dweights = [None] * n
         if len(wanted) > 1 and len({w_dtypes[i] for i in wanted}) == 1:  # one dequantized x for all
             made = ops.bitlinear_grad_weight_shared(
-                [grads[i] for i in wanted], codes, scale, grad_weight_int8, w_dtypes[wanted[0]]
+                [grads[i] for i in wanted], codes, scale, grad_weight_int8, w_dtypes[wanted[0]], kernel
             )
             for i, dw in zip(wanted, made, strict=True):
                 dweights[i] = dw
         else:
             for i in wanted:
-                dweights[i] = ops.bitlinear_grad_weight(grads[i], codes, scale, grad_weight_int8, w_dtypes[i])
+                dweights[i] = ops.bitlinear_grad_weight(
+                    grads[i], codes, scale, grad_weight_int8, w_dtypes[i], kernel
+                )
         return None, dx, dnorm, *dweights, *([None] * (3 * n))
 
 
@@ -293,6 +306,7 @@ def bitlinear_shared(
     grad_input_int8: bool = False,
     grad_weight_int8: bool = False,
     recompute_codes: bool = True,
+    int8_mm_kernel: str = "tma",
 ) -> list[torch.Tensor]:
     """`bitlinear` of 1-3 norm-free layers on RMSNorm(x) (one `norm_weight`, or none): one shared pass.
 
@@ -309,6 +323,7 @@ def bitlinear_shared(
         grad_weight_int8,
         tuple(w.dtype for w in weights),
         recompute_codes,
+        int8_mm_kernel,
     )
     ys = BitLinearSharedFunction.apply(settings, x2, norm_weight, *weights, *codes, *gammas, *codes_t)
     return [y.reshape(*lead, y.shape[-1]) for y in ys]

@@ -10,7 +10,7 @@ The int32 sum is exact for K < 2**17 (|A| <= 128, |B| <= 127).
 Two kernels compute it, with the same product and the same float32 epilogue (`_rescale`):
 
 - `_int8_mm_tma_kernel`, the default on Hopper (compute capability 9.0+) when no `config` is
-  given (`BITTERN_INT8_MM=pointer`, or `KERNEL = "pointer"` here, turns it off): persistent
+  given (`kernel="pointer"`, the run config's `kernels.int8_mm`, turns it off): persistent
   (one program per multiprocessor, each looping over output tiles), its loads through TMA
   tensor descriptors made in the kernel (`tl.make_tensor_descriptor`, whose scratch memory
   `triton.set_allocator` provides) and its tile loop warp-specialized (a TMA producer
@@ -22,8 +22,8 @@ Two kernels compute it, with the same product and the same float32 epilogue (`_r
   tensors, take the pointer kernel.
 - `_int8_mm_kernel`, one program per tile with pointer loads: pre-Hopper GPUs, every shape
   TMA cannot take, every `config=` call (those tiles are pointer-kernel tiles) and the
-  interpreter's default path. `KERNEL` is read at every call; a compiled graph keeps the
-  kernel it was traced with.
+  interpreter's default path. The choice is an argument of every call (and of the torch ops
+  over it, `bittern.kernels.ops`), so a compiled graph is traced with the kernel it names.
 
 Inside a training step (benchmarks/gpu_selfcheck.py and profile_model.py, H100, 2026-11-23) the
 TMA kernel is exact, eager and launched by Inductor from a per-block compiled model, and takes
@@ -35,7 +35,6 @@ CPU tensors included (the tests' hook).
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
@@ -58,17 +57,16 @@ INTERPRETER_CONFIG = (32, 32, 32, 4, 1)
 GROUP_M = 8
 
 
-def _kernel_choice(value: str | None) -> str:
-    """The value of `BITTERN_INT8_MM`: "tma" (unset or empty) or "pointer"."""
-    choice = (value or "tma").strip().lower() or "tma"
-    if choice not in ("tma", "pointer"):
-        raise BitternError(f"BITTERN_INT8_MM must be 'pointer' or 'tma', not {value!r}")
-    return choice
+# What `int8_mm(kernel=...)` takes on a Hopper GPU without `config`: "tma" (TMA where it can) or
+# "pointer" (the pointer kernel always); the run config's `kernels.int8_mm`
+KERNELS = ("tma", "pointer")
 
 
-# Which kernel an unconfigured call on a Hopper GPU takes: "tma" (TMA where it can) or "pointer"
-# (read at every call: set it here to switch kernels in a running process).
-KERNEL = _kernel_choice(os.environ.get("BITTERN_INT8_MM"))
+def check_kernel(kernel: str) -> str:
+    """`kernel` if it is one of `KERNELS`, else a BitternError naming it."""
+    if kernel not in KERNELS:
+        raise BitternError(f"the int8 GEMM kernel must be 'tma' or 'pointer', not {kernel!r}")
+    return kernel
 
 
 class TmaConfig(NamedTuple):
@@ -482,9 +480,9 @@ def _tma_ok(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> bool:
     return a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0 and c.data_ptr() % 16 == 0
 
 
-def _use_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> int | None:
+def _use_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, kernel: str) -> int | None:
     """The persistent grid's size (the multiprocessor count) if the TMA kernel takes this call, else None."""
-    if KERNEL != "tma":
+    if kernel != "tma":
         return None
     programs = _tma_sms(a.device)
     return programs if programs is not None and _tma_ok(a, b, c) else None
@@ -566,20 +564,23 @@ def int8_mm(
     col_scale: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.int32,
     config: tuple[int, int, int, int, int] | None = None,
+    kernel: str = "tma",
 ) -> torch.Tensor:
     """Kernel version of `int8_mm_reference`; `config` fixes the pointer kernel's tile.
 
-    Without `config`, on the GPU: the TMA kernel, autotuned, where `KERNEL` is "tma" and the
-    device (Hopper+), the shape and the alignment allow it; else the pointer kernel, autotuned
-    on the first eager call of each shape and launched with that tile afterwards.
+    Without `config`, on the GPU: the TMA kernel, autotuned, where `kernel` is "tma" and the
+    device (Hopper+), the shape and the alignment allow it; else (`kernel="pointer"` too) the
+    pointer kernel, autotuned on the first eager call of each shape and launched with that tile
+    afterwards.
     """
+    check_kernel(kernel)
     c, args, flags = _prepare(a, b, row_scale, col_scale, out_dtype)
     if args is None:
         return c
     M, K = a.shape
     N = b.shape[0]
     if config is None and a.device.type == "cuda" and not INTERPRET:
-        if programs := _use_tma(a, b, c):
+        if programs := _use_tma(a, b, c, kernel):
             _launch_tma(args, flags, programs, None)
             return c
         traced = tracing()  # Inductor then autotunes the kernel itself

@@ -54,6 +54,7 @@ class KernelOptions:
     # the backward makes a normed layer's activation codes again from x (bit-identical) instead of
     # keeping them from the forward: one byte per input element less held, one norm pass more
     recompute_codes: bool = True
+    int8_mm: str = "tma"  # the int8 GEMM's kernel on Hopper: "tma", or "pointer" (bittern.kernels.int8_mm)
 
 
 DEFAULT_OPTIONS = KernelOptions()
@@ -189,6 +190,7 @@ def fused_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         o.grad_input_int8,
         o.grad_weight_int8,
         o.recompute_codes,
+        o.int8_mm,
     )
     return y if layer.bias is None else y + layer.bias.to(y.dtype)
 
@@ -233,6 +235,7 @@ def fused_forward_group(layers: Sequence[nn.Module], x: torch.Tensor) -> list[to
         o.grad_input_int8,
         o.grad_weight_int8,
         o.recompute_codes,
+        o.int8_mm,
     )
     return [
         y if layer.bias is None else y + layer.bias.to(y.dtype) for layer, y in zip(layers, ys, strict=True)
@@ -285,6 +288,7 @@ def fused_forward_shared(
         o.grad_input_int8,
         o.grad_weight_int8,
         o.recompute_codes,
+        o.int8_mm,
     )
     return [
         y if layer.bias is None else y + layer.bias.to(y.dtype) for layer, y in zip(layers, ys, strict=True)

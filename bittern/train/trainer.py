@@ -60,8 +60,7 @@ from bittern.monitor.moe import MoEMonitor
 from bittern.nn import KernelOptions, configure_fast_path
 from bittern.runtime import autocast, resolve_device, resolve_precision
 from bittern.train.clip import GradClipper
-from bittern.train.compiling import backend as compile_backend
-from bittern.train.compiling import compile_blocks, compiled_cross_entropy, cross_entropy
+from bittern.train.compiling import check_backend, compile_blocks, compiled_cross_entropy, cross_entropy
 from bittern.train.data import open_dataset, resolved_tokenizer
 from bittern.train.guard import OK, ROLLBACK, PlateauWatch, StabilityGuard
 from bittern.train.init import LayerLambdas, init_model_config, load_init, validate_init
@@ -114,7 +113,7 @@ class Trainer:
         self.out, self.cfg, self.init_source = Path(out), cfg, init
         t = cfg.train
         if t.compile:
-            compile_backend()  # a bad BITTERN_COMPILE_BACKEND fails before anything is written
+            check_backend(t.compile_backend)  # a bad train.compile_backend fails before anything is written
         check_packed_all_gather(cfg)  # on any number of ranks, like the rest of the config
         check_expert_parallel(cfg)
         base_device = resolve_device(t.device)
@@ -140,13 +139,18 @@ class Trainer:
         self.packed = self.fsdp and cfg.dist.packed_all_gather  # ignored on one process, like dist.mode
         k = cfg.kernels  # FSDP2 refills the unsharded weights every step: no codes kept between steps
         self.kernel_options = KernelOptions(
-            k.enabled, k.grad_input_int8, k.grad_weight_int8, not self.fsdp, recompute_codes=k.recompute_codes
+            k.enabled,
+            k.grad_input_int8,
+            k.grad_weight_int8,
+            not self.fsdp,
+            recompute_codes=k.recompute_codes,
+            int8_mm=k.int8_mm,
         )
         configure_fast_path(self.model, self.kernel_options)
         param_dtype = torch.bfloat16 if self.precision == "bf16" else None
         if t.compile:  # block by block, before DDP/FSDP2 wrap them (bittern.train.compiling)
-            compile_blocks(self.model)
-        self.cross_entropy = compiled_cross_entropy() if t.compile else cross_entropy
+            compile_blocks(self.model, t.compile_backend)
+        self.cross_entropy = compiled_cross_entropy(t.compile_backend) if t.compile else cross_entropy
         self.wrapped = self.model
         if self.dist.enabled:
             d = cfg.dist

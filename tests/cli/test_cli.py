@@ -55,6 +55,8 @@ def test_unknown_keys_named(capsys, config_file, tmp_path):
 def test_bad_value_named(capsys, config_file):
     assert "model.quant" in run_error(capsys, ["train", "--config", config_file, "--model.quant=binary"])
     assert "train.steps" in run_error(capsys, ["train", "--config", config_file, "--train.steps=many"])
+    msg = run_error(capsys, ["train", "--config", config_file, "--kernels.int8_mm=auto"])
+    assert msg == "bittern: error: kernels.int8_mm must be 'tma' or 'pointer', got 'auto'"
 
 
 def test_missing_data_path(capsys, config_file, tmp_path):

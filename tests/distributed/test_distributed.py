@@ -171,13 +171,13 @@ def test_validation_scores_the_same_tokens_on_two_ranks_as_on_one(
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_compiled_blocks_inside_ddp_and_fsdp(mode, tiny_config, config, tmp_path, monkeypatch):
+def test_compiled_blocks_inside_ddp_and_fsdp(mode, tiny_config, config, tmp_path):
     # blocks compiled one by one before DDP/FSDP2 wrap them; traced, run eagerly (aot_eager)
-    monkeypatch.setenv("BITTERN_COMPILE_BACKEND", "aot_eager")
     cfg = {"train": {"micro_batch_size": 2, "steps": 6}, "dist": {"mode": mode}}
     single = tmp_path / "single"
     train(tiny_config(**cfg), single, progress=False)
-    compiled = {"train": {**cfg["train"], "compile": True}, "dist": cfg["dist"]}
+    compiled_train = {**cfg["train"], "compile": True, "compile_backend": "aot_eager"}
+    compiled = {"train": compiled_train, "dist": cfg["dist"]}
     proc = torchrun(["train", "--config", config(**compiled), "--out", str(tmp_path / "two"), "--quiet"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_losses(losses(tmp_path / "two"), losses(single))

@@ -122,8 +122,16 @@ def _op_cases():
         "rmsnorm_quant_backward": (ops.rmsnorm_quant_backward, (torch.randn_like(x), x, nw, rstd)),
         "ternarize": (ops.ternarize, (w, 1.0, True)),
         "int8_mm": (ops.int8_mm, (codes, codes[:5].contiguous(), scale, None, torch.float32)),
+        "int8_mm_pointer": (
+            ops.int8_mm,
+            (codes, codes[:5].contiguous(), scale, None, torch.float32, "pointer"),
+        ),
         "bitlinear_forward": (ops.bitlinear_forward, (x, nw, w_codes, gamma, 1e-5, torch.bfloat16)),
         "bitlinear_forward_no_norm": (ops.bitlinear_forward, (x, None, w_codes, gamma, 1e-5, torch.float32)),
+        "bitlinear_forward_pointer": (
+            ops.bitlinear_forward,
+            (x, nw, w_codes, gamma, 1e-5, torch.float32, "pointer"),
+        ),
         "grad_input": (ops.bitlinear_grad_input, (grad, w_codes, gamma, None, False)),
         "grad_input_int8": (ops.bitlinear_grad_input, (grad, w_codes, gamma, None, True)),
         "grad_input_int8_t": (
@@ -132,6 +140,10 @@ def _op_cases():
         ),
         "grad_weight": (ops.bitlinear_grad_weight, (grad, codes, scale, False, torch.float32)),
         "grad_weight_int8": (ops.bitlinear_grad_weight, (grad, codes, scale, True, torch.float32)),
+        "grad_weight_int8_pointer": (
+            ops.bitlinear_grad_weight,
+            (grad, codes, scale, True, torch.float32, "pointer"),
+        ),
         "grad_weight_shared": (
             ops.bitlinear_grad_weight_shared,
             ([grad, grad[:, :7].contiguous()], codes, scale, False, torch.float32),

@@ -157,31 +157,37 @@ def test_tma_kernel_empty_shapes():
 def test_tma_path_choice(monkeypatch):
     """Which calls the TMA kernel takes on a Hopper GPU (the device check stubbed: CPU tensors here)."""
     monkeypatch.setattr(int8_mm_module, "_tma_sms", lambda device: 132)
-    monkeypatch.setattr(int8_mm_module, "KERNEL", "tma")
 
-    def use(M, N, K, out_dtype=torch.bfloat16, offset=0):
+    def use(M, N, K, out_dtype=torch.bfloat16, offset=0, kernel="tma"):
         a = torch.zeros(M * K + offset, dtype=torch.int8)[offset:].view(M, K)
         b = torch.zeros(N, K, dtype=torch.int8)
-        return int8_mm_module._use_tma(a, b, torch.empty(M, N, dtype=out_dtype))
+        return int8_mm_module._use_tma(a, b, torch.empty(M, N, dtype=out_dtype), kernel)
 
     assert use(64, 72, 80) == 132
     assert use(64, 36, 80, torch.float32) == 132  # 36 * 4 bytes: aligned rows
     assert use(64, 72, 72) is None  # K % 16: the int8 rows of A and B are misaligned
     assert use(64, 36, 80) is None  # 36 * 2 bytes: bfloat16 output rows misaligned
     assert use(64, 72, 80, offset=1) is None  # A's base pointer misaligned
-    monkeypatch.setattr(int8_mm_module, "KERNEL", "pointer")  # BITTERN_INT8_MM=pointer
-    assert use(64, 72, 80) is None
+    assert use(64, 72, 80, kernel="pointer") is None  # kernels.int8_mm = "pointer"
     monkeypatch.setattr(int8_mm_module, "_tma_sms", lambda device: None)  # pre-Hopper
-    monkeypatch.setattr(int8_mm_module, "KERNEL", "tma")
     assert use(64, 72, 80) is None
 
 
-def test_kernel_choice_from_environment():
-    choice = int8_mm_module._kernel_choice
-    assert choice(None) == choice("") == choice("tma") == choice("TMA") == "tma"
-    assert choice("pointer") == choice(" Pointer ") == "pointer"
-    with pytest.raises(BitternError, match="BITTERN_INT8_MM"):
-        choice("auto")
+@pytest.mark.parametrize("kernel", ["tma", "pointer"])
+def test_either_kernel_choice_is_exact(kernel):
+    """Both choices compute the reference (the interpreter runs the pointer kernel for either)."""
+    a, b = _codes(37, 64, -128, 127, 0), _codes(45, 64, -1, 1, 1)
+    row = torch.rand(37, generator=torch.Generator().manual_seed(2)) + 0.5
+    col = torch.rand(45, generator=torch.Generator().manual_seed(3)) + 0.5
+    out = int8_mm(a, b, row, col, torch.bfloat16, kernel=kernel)
+    assert torch.equal(out, int8_mm_reference(a, b, row, col, torch.bfloat16))
+
+
+def test_unknown_kernel_choice_is_refused():
+    a, b = _codes(4, 16, -1, 1, 0), _codes(8, 16, -1, 1, 1)
+    assert int8_mm_module.KERNELS == ("tma", "pointer")
+    with pytest.raises(BitternError, match="'tma' or 'pointer', not 'auto'"):
+        int8_mm(a, b, kernel="auto")
 
 
 def test_allocator_set_per_context_and_kept():
@@ -209,9 +215,8 @@ def test_tma_path_choice_while_tracing(monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     monkeypatch.setattr(int8_mm_module, "_tma_sms", lambda device: 132)
-    monkeypatch.setattr(int8_mm_module, "KERNEL", "tma")
     with FakeTensorMode():
         flat = torch.empty(64 * 80 + 16, dtype=torch.int8)
         b, c = torch.empty(72, 80, dtype=torch.int8), torch.empty(64, 72, dtype=torch.bfloat16)
-        assert int8_mm_module._use_tma(flat[16:].view(64, 80), b, c) == 132
-        assert int8_mm_module._use_tma(flat[1 : 1 + 64 * 80].view(64, 80), b, c) is None
+        assert int8_mm_module._use_tma(flat[16:].view(64, 80), b, c, "tma") == 132
+        assert int8_mm_module._use_tma(flat[1 : 1 + 64 * 80].view(64, 80), b, c, "tma") is None

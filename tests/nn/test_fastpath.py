@@ -334,6 +334,29 @@ def test_sublayer_transformer_fast_path_equals_reference(cpu_kernels, monkeypatc
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-3, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("placement", ["inside", "sublayer"])
+def test_int8_mm_kernel_choice_reaches_every_gemm(cpu_kernels, monkeypatch, placement):
+    """`KernelOptions.int8_mm` is the kernel every int8 GEMM of the fused forward and backward is given."""
+    from bittern.kernels import ops
+
+    kernels = []
+    original = ops._int8_mm
+
+    def spy(*args, kernel, **kwargs):
+        kernels.append(kernel)
+        return original(*args, kernel=kernel, **kwargs)
+
+    monkeypatch.setattr(ops, "_int8_mm", spy)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layers=1, **dict(TINY, norm_placement=placement)).resolved())
+    options = KernelOptions(
+        devices=cpu_kernels.devices, grad_input_int8=True, grad_weight_int8=True, int8_mm="pointer"
+    )
+    assert configure_fast_path(model, options) == 7
+    _loss_and_grads(model, torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0)))
+    assert kernels == ["pointer"] * (3 * 7)  # each layer's forward, grad_input and grad_weight GEMMs
+
+
 @pytest.mark.parametrize("lam", [0.0, 0.5])
 def test_sublayer_lambda_below_one_runs_the_reference_math(cpu_kernels, monkeypatch, lam):
     monkeypatch.setattr(fastpath, "fused_forward_shared", None)  # would fail if called

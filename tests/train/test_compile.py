@@ -7,11 +7,12 @@ from bittern.monitor import read_metrics
 from bittern.train import train
 from bittern.train.compiling import compile_blocks
 
+# trace with torch.compile but run the traced graphs eagerly (no C++ compiler needed)
+COMPILED = {"compile": True, "compile_backend": "aot_eager"}
+
 
 @pytest.fixture
-def aot_eager(monkeypatch):
-    """Trace with torch.compile but run the traced graphs eagerly (no C++ compiler needed)."""
-    monkeypatch.setenv("BITTERN_COMPILE_BACKEND", "aot_eager")
+def fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
@@ -21,7 +22,7 @@ def _records(run):
     return [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
 
 
-@pytest.mark.usefixtures("aot_eager")
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_compiled_blocks_train_like_eager(tiny_config, tmp_path):
     from torch._dynamo.utils import counters
 
@@ -29,7 +30,7 @@ def test_compiled_blocks_train_like_eager(tiny_config, tmp_path):
     train(tiny_config(model=model, train={"steps": 6}), tmp_path / "eager", progress=False)
     eager = _records(tmp_path / "eager")
     counters.clear()
-    cfg = tiny_config(model=model, train={"steps": 6, "compile": True})
+    cfg = tiny_config(model=model, train={"steps": 6, **COMPILED})
     train(cfg, tmp_path / "compiled", progress=False)
     compiled = _records(tmp_path / "compiled")
     assert [r["step"] for r in compiled] == [r["step"] for r in eager]
@@ -47,21 +48,21 @@ def test_compile_blocks_keeps_parameter_names():
     cfg = ModelConfig(preset="tiny", vocab_size=64, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=48)
     model = build_model(cfg.resolved())
     names = list(model.state_dict())
-    assert compile_blocks(model) == 2
+    assert compile_blocks(model, "aot_eager") == 2
     assert list(model.state_dict()) == names  # checkpoints and exports see the same keys
     with pytest.raises(TypeError, match="layers"):
-        compile_blocks(torch.nn.Linear(2, 2))
+        compile_blocks(torch.nn.Linear(2, 2), "aot_eager")
 
 
-def test_unknown_compile_backend_is_one_line_error(tiny_config, tmp_path, monkeypatch, capsys):
+def test_unknown_compile_backend_is_one_line_error(tiny_config, tmp_path, capsys):
     from bittern.cli import main
     from tests.cli.test_cli import write_config
     from tests.conftest import tiny_config_dict
 
-    monkeypatch.setenv("BITTERN_COMPILE_BACKEND", "no-such-backend")
-    cfg = tiny_config_dict(tiny_config().data.path, train={"compile": True, "steps": 2})
+    train = {"compile": True, "compile_backend": "no-such-backend", "steps": 2}
+    cfg = tiny_config_dict(tiny_config().data.path, train=train)
     path = write_config(tmp_path / "c.toml", cfg)
     assert main(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--quiet"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["bittern: error: BITTERN_COMPILE_BACKEND='no-such-backend' is not a torch.compile backend"]
+    assert err == ["bittern: error: train.compile_backend='no-such-backend' is not a torch.compile backend"]
     assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -60,11 +60,10 @@ def test_dead_expert_alert(tiny_config, tmp_path):
     trainer.close()
 
 
-def test_moe_compiled_blocks_train_like_eager(tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setenv("BITTERN_COMPILE_BACKEND", "aot_eager")
+def test_moe_compiled_blocks_train_like_eager(tiny_config, tmp_path):
     sections = dict(model=MOE, train={"steps": 3, "eval_every": 0})
     train(tiny_config(**sections), tmp_path / "eager", progress=False)
-    sections["train"] = sections["train"] | {"compile": True}
+    sections["train"] = sections["train"] | {"compile": True, "compile_backend": "aot_eager"}
     train(tiny_config(**sections), tmp_path / "compiled", progress=False)
     a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
     assert a.keys() == b.keys()

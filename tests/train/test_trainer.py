@@ -49,6 +49,16 @@ def test_gradient_accumulation_equals_full_batch(tiny_config, tmp_path):
         assert accum[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6)
 
 
+def test_kernels_section_reaches_every_layer(tiny_config, tmp_path):
+    from bittern.nn import bitlinear_layers
+
+    trainer = Trainer(tiny_config(kernels={"int8_mm": "pointer", "recompute_codes": False}), tmp_path / "run")
+    options = trainer.kernel_options
+    assert options.int8_mm == "pointer" and not options.recompute_codes
+    assert {layer.kernel_options for _, layer in bitlinear_layers(trainer.model)} == {options}
+    trainer.close()
+
+
 def test_resume_is_bit_identical(tiny_config, tmp_path):
     """20 steps straight == 10 steps, stop, resume, 10 more: identical per-step losses and weights."""
     train(tiny_config(), tmp_path / "straight", progress=False)
