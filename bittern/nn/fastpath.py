@@ -218,20 +218,20 @@ def group_takes_fast_path(layers: Sequence[nn.Module], x: torch.Tensor) -> bool:
     return True
 
 
-def fused_forward_group(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
-    """Each of `layers` applied to x on the fused kernels (the caller checked `group_takes_fast_path`)."""
-    from bittern.kernels.function import bitlinear_group
-
+def _fused_call(
+    fn, layers: Sequence[nn.Module], x: torch.Tensor, norm_weights, eps: float
+) -> list[torch.Tensor]:
+    """`fn` (bitlinear_group or bitlinear_shared) on the layers' weights and codes, then each bias."""
     o = layers[0].kernel_options
     codes = [layer_codes(layer, o.grad_input_int8) for layer in layers]
-    ys = bitlinear_group(
+    ys = fn(
         x,
         [layer.weight for layer in layers],
         [c[0] for c in codes],
         [c[1] for c in codes],
         [c[2] for c in codes],
-        [layer.norm.weight for layer in layers],
-        layers[0].norm.eps,
+        norm_weights,
+        eps,
         o.grad_input_int8,
         o.grad_weight_int8,
         o.recompute_codes,
@@ -240,6 +240,15 @@ def fused_forward_group(layers: Sequence[nn.Module], x: torch.Tensor) -> list[to
     return [
         y if layer.bias is None else y + layer.bias.to(y.dtype) for layer, y in zip(layers, ys, strict=True)
     ]
+
+
+def fused_forward_group(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """Each of `layers` applied to x on the fused kernels (the caller checked `group_takes_fast_path`)."""
+    from bittern.kernels.function import bitlinear_group
+
+    return _fused_call(
+        bitlinear_group, layers, x, [layer.norm.weight for layer in layers], layers[0].norm.eps
+    )
 
 
 def shared_takes_fast_path(layers: Sequence[nn.Module], norm: nn.Module | None, x: torch.Tensor) -> bool:
@@ -275,24 +284,9 @@ def fused_forward_shared(
     """Each of `layers` on norm(x), on the fused kernels (the caller checked `shared_takes_fast_path`)."""
     from bittern.kernels.function import bitlinear_shared
 
-    o = layers[0].kernel_options
-    codes = [layer_codes(layer, o.grad_input_int8) for layer in layers]
-    ys = bitlinear_shared(
-        x,
-        [layer.weight for layer in layers],
-        [c[0] for c in codes],
-        [c[1] for c in codes],
-        [c[2] for c in codes],
-        None if norm is None else norm.weight,
-        0.0 if norm is None else norm.eps,
-        o.grad_input_int8,
-        o.grad_weight_int8,
-        o.recompute_codes,
-        o.int8_mm,
-    )
-    return [
-        y if layer.bias is None else y + layer.bias.to(y.dtype) for layer, y in zip(layers, ys, strict=True)
-    ]
+    if norm is None:
+        return _fused_call(bitlinear_shared, layers, x, None, 0.0)
+    return _fused_call(bitlinear_shared, layers, x, norm.weight, norm.eps)
 
 
 def experts_take_fast_path(layers: Sequence[nn.Module], x: torch.Tensor) -> bool:
