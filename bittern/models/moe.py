@@ -18,7 +18,7 @@ entropy, the balancing loss, the z-loss and a 1 that counts forwards once summed
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -323,8 +323,13 @@ def moe_layers(model: nn.Module) -> list[tuple[str, MoE]]:
 
 def moe_aux_loss(model: nn.Module) -> torch.Tensor | None:
     """The summed auxiliary loss of the last forward's MoE layers (None for a dense model); clears it."""
+    return layers_aux_loss(m for _, m in moe_layers(model))
+
+
+def layers_aux_loss(layers: Iterable[MoE]) -> torch.Tensor | None:
+    """`moe_aux_loss` over MoE layers already found (the monitor keeps its list)."""
     terms = []
-    for _, m in moe_layers(model):
+    for m in layers:
         if m.aux_loss is not None:
             terms.append(m.aux_loss)
             m.aux_loss = None

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from bittern.models.moe import MoE, moe_aux_loss, moe_layers, update_expert_bias
+from bittern.models.moe import MoE, layers_aux_loss, moe_layers, update_expert_bias
 
 
 class MoEMonitor:
@@ -37,13 +37,13 @@ class MoEMonitor:
     def __bool__(self) -> bool:
         return bool(self.layers)
 
-    def collect(self, model: nn.Module) -> torch.Tensor:
+    def collect(self) -> torch.Tensor:
         """The last forward's summed auxiliary loss (zero if none); its statistics added to the step's."""
         for name, m in self.layers:
             if m.stats is not None:
                 self.sums[name] = self.sums.get(name, 0) + m.stats
                 m.stats = None
-        aux = moe_aux_loss(model)
+        aux = layers_aux_loss(m for _, m in self.layers)
         return aux if aux is not None else torch.zeros(())
 
     def end_step(self, dist=None, update_bias: bool = True) -> None:

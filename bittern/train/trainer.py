@@ -384,7 +384,7 @@ class Trainer:
         g = self.cfg.guard
         loss = self._micro_batch_loss(x, y)
         if self.moe:
-            loss = loss + self.moe.collect(self.model)
+            loss = loss + self.moe.collect()
         if self.step + self.data_offset == g.inject_nan_step and g.inject_nan_rank in (-1, self.rank):
             loss = loss * float("nan")  # test-only fault injection
         return loss
