@@ -28,7 +28,8 @@ def freeze(model: nn.Module) -> nn.Module:
     """Swap every fully quantized BitLinear (lambda 1) for the TernaryLinear holding its codes."""
     for name, module in list(model.named_modules()):
         if isinstance(module, BitLinear) and module.quantized:
-            if float(module.weight_lambda) == 1.0 and float(module.act_lambda) == 1.0:
+            module.sync_lambda()  # the host records, re-read only if the buffers were written
+            if module.lambda_is_one:
                 model.set_submodule(name, TernaryLinear.from_bitlinear(module))
     return model
 

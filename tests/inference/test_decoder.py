@@ -99,3 +99,19 @@ def test_sampled_generation_is_seeded():
         return generate(dec, PROMPTS, 6, generator=torch.Generator().manual_seed(seed)).tokens
 
     assert run(0) == run(0) and run(0) != run(1)
+
+
+def test_freeze_swaps_only_layers_at_lambda_one_as_their_buffers_say():
+    from bittern.nn import BitLinear
+    from bittern.nn.ternary_linear import TernaryLinear
+
+    model = _model()
+    q = model.layers[0].self_attn.q_proj
+    q.weight_lambda.fill_(0.5)  # written behind the layer's back, as load_state_dict does
+    up = model.layers[1].mlp.up_proj
+    up.set_lambda(1.0, 0.25)
+    freeze(model)
+    assert isinstance(model.layers[0].self_attn.q_proj, BitLinear)
+    assert isinstance(model.layers[1].mlp.up_proj, BitLinear)
+    frozen = [m for m in model.modules() if isinstance(m, TernaryLinear)]
+    assert len(frozen) == 2 * 7 - 2
