@@ -112,6 +112,13 @@ def _row_norm(x: torch.Tensor, weights: torch.Tensor, rows_expert: torch.Tensor,
     return weights[rows_expert] * xf.to(x.dtype)
 
 
+def _bias(layers: list[nn.Module], y: torch.Tensor, rows_expert: torch.Tensor) -> torch.Tensor:
+    """y plus each row's expert bias (the layers' biases, if they have them)."""
+    if layers[0].bias is None:
+        return y
+    return y + torch.stack([layer.bias for layer in layers])[rows_expert].to(y.dtype)
+
+
 def grouped_linear(
     layers: list[nn.Module], x: torch.Tensor, counts: torch.Tensor, rows_expert
 ) -> torch.Tensor:
@@ -123,9 +130,7 @@ def grouped_linear(
     first = layers[0]
     if not (isinstance(first, BitLinear) and first.quantized):
         y = grouped_mm(x, torch.stack([layer.weight for layer in layers]), counts)
-        if first.bias is not None:
-            y = y + torch.stack([layer.bias for layer in layers])[rows_expert].to(y.dtype)
-        return y
+        return _bias(layers, y, rows_expert)
     if first.norm is not None:
         norm_w = torch.stack([layer.norm.weight for layer in layers])
         x = _row_norm(x, norm_w, rows_expert, first.norm.eps)
@@ -137,15 +142,7 @@ def grouped_linear(
         xq = fake_quant_activations(x, first.act_lambda, first.options.ste)
         w = torch.stack([layer.quantized_weight() for layer in layers])
         y = grouped_mm(xq, w.to(xq.dtype), counts)
-    if first.bias is not None:
-        y = y + torch.stack([layer.bias for layer in layers])[rows_expert].to(y.dtype)
-    return y
-
-
-def _bias(layers: list[nn.Module], y: torch.Tensor, rows_expert: torch.Tensor) -> torch.Tensor:
-    if layers[0].bias is None:
-        return y
-    return y + torch.stack([layer.bias for layer in layers])[rows_expert].to(y.dtype)
+    return _bias(layers, y, rows_expert)
 
 
 def _kept_codes_apply(experts: Sequence[nn.Module], xs: torch.Tensor) -> bool:
@@ -195,17 +192,15 @@ def kept_codes_rows(
     g, u = gu.split(gate[0].out_features, dim=1)
     g, u = _bias(gate, g, rows_expert), _bias(up, u, rows_expert)
     h = (F.relu(g).square() if first.squared_relu else F.silu(g)) * u
+    norm_d, eps_d = _norm_weights([down]), eps
     if first.ffn_sub_norm is not None:
         sub_w = torch.stack([e.ffn_sub_norm.weight for e in experts])
         if down[0].norm is None:  # the sub-norm is the down projection's norm: fused with its quantization
-            w_d, gamma_d = codes["down"].current([down])
-            y = grouped_bitlinear(
-                h, sub_w[None], w_d, gamma_d, counts, [d.weight for d in down], 1, first.ffn_sub_norm.eps
-            )
-            return _bias(down, y, rows_expert)
-        h = _row_norm(h, sub_w, rows_expert, first.ffn_sub_norm.eps)
+            norm_d, eps_d = sub_w[None], first.ffn_sub_norm.eps
+        else:
+            h = _row_norm(h, sub_w, rows_expert, first.ffn_sub_norm.eps)
     w_d, gamma_d = codes["down"].current([down])
-    y = grouped_bitlinear(h, _norm_weights([down]), w_d, gamma_d, counts, [d.weight for d in down], 1, eps)
+    y = grouped_bitlinear(h, norm_d, w_d, gamma_d, counts, [d.weight for d in down], 1, eps_d)
     return _bias(down, y, rows_expert)
 
 
