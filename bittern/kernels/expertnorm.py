@@ -17,8 +17,14 @@ import torch
 import triton
 import triton.language as tl
 
-from bittern.kernels.actquant import load_normed_rows, norm_input_grad, normalize_rows, tile_rows
-from bittern.kernels.common import INTERPRET, absmax_quantize_rows, launch, round_to, row_warps, tl_dtype
+from bittern.kernels.actquant import (
+    load_normed_rows,
+    norm_input_grad,
+    norm_quantize_store,
+    normalize_rows,
+    tile_rows,
+)
+from bittern.kernels.common import INTERPRET, launch, round_to, row_warps, tl_dtype
 from bittern.kernels.grouped_ternary import BLOCK_M, tile_map
 from bittern.quant.core import quantize_activations
 
@@ -82,30 +88,6 @@ def _tile_rows(TILE_EXPERT, TILE_ROW, ROW_END, t, i, K, ROWS: tl.constexpr, BLOC
 
 
 @triton.jit
-def _quantize_store(
-    xn,
-    W,
-    Q,
-    S,
-    e,
-    rows,
-    offs,
-    mask,
-    rmask,
-    K,
-    Y_DTYPE: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    cols = tl.arange(0, BLOCK_K)
-    w = tl.load(W + e * K + cols, mask=cols < K, other=0.0).to(tl.float32)
-    y = round_to(w[None, :] * xn, Y_DTYPE, INTERPRET).to(tl.float32)
-    q, s = absmax_quantize_rows(y, INTERPRET)
-    tl.store(Q + offs, q, mask=mask)
-    tl.store(S + rows, s, mask=rmask)
-
-
-@triton.jit
 def _experts_fwd_kernel(
     X,
     W0,
@@ -133,9 +115,10 @@ def _experts_fwd_kernel(
         xf = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         rstd, xn = normalize_rows(xf, K, eps, X.dtype.element_ty, INTERPRET)
         tl.store(RSTD + rows, rstd, mask=rmask)
-        _quantize_store(xn, W0, Q0, S0, e, rows, offs, mask, rmask, K, Y_DTYPE, BLOCK_K, INTERPRET)
+        cols = tl.arange(0, BLOCK_K)  # expert e's norm weight is row e of W0 (W1)
+        norm_quantize_store(xn, W0 + e * K, Q0, S0, rows, cols, offs, mask, rmask, K, Y_DTYPE, INTERPRET)
         if PARTS == 2:
-            _quantize_store(xn, W1, Q1, S1, e, rows, offs, mask, rmask, K, Y_DTYPE, BLOCK_K, INTERPRET)
+            norm_quantize_store(xn, W1 + e * K, Q1, S1, rows, cols, offs, mask, rmask, K, Y_DTYPE, INTERPRET)
 
 
 @triton.jit
