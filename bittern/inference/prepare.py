@@ -51,20 +51,22 @@ def fuse(model: nn.Module) -> nn.Module:
     `bittern.nn.apply_shared` then runs each group as one layer; layers that cannot be grouped
     (unpacked, different widths or norm eps) are left alone.
     """
-    from bittern.nn.packed_linear import fuse_packed
+    from bittern.nn.packed_linear import PackedTernaryLinear, fuse_packed
 
     for module in list(model.modules()):
         for names in SHARED_INPUTS:
             layers = [getattr(module, name, None) for name in names]
-            if all(layer is not None for layer in layers) and getattr(layers[0], "shared_group", 1) is None:
-                fuse_packed(layers)
+            if isinstance(layers[0], PackedTernaryLinear) and layers[0].shared_group is None:
+                fuse_packed(layers)  # nothing changed where they cannot be fused
     return model
 
 
 def set_variant(model: nn.Module, variant: str) -> nn.Module:
     """The packed kernel variant (`bittern.kernels.ternary_gemv.VARIANTS`) of every packed layer and group."""
+    from bittern.nn.packed_linear import PackedTernaryGroup, PackedTernaryLinear
+
     for module in model.modules():
-        if hasattr(module, "variant") and hasattr(module, "words"):
+        if isinstance(module, (PackedTernaryLinear, PackedTernaryGroup)):
             module.variant = variant
     return model
 
