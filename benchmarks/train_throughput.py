@@ -11,7 +11,9 @@ step, the refresh of the ternary codes):
     fast-compiled-saved-codes (the activation codes saved for backward, not remade),
     twin-sublayer-compiled, fast-sublayer-compiled (model.norm_placement = "sublayer", BitNet
     b1.58 2B's layout: each of a block's 4 norms fused with the int8 quantization of its output
-    on the fast path; the fast one is compared with the twin of the same layout)
+    on the fast path; the fast one is compared with the twin of the same layout),
+    fast-sublayer-compiled-int8-gi, fast-sublayer-compiled-int8-gi-gw (the int8 backward options
+    on the sub-layer layout)
 
 ("twin" = plain nn.Linear, "ref" = BitLinear's PyTorch reference path, "fast" = the fused
 Triton kernels of bittern.kernels) it records tokens/s, step time, peak memory and MFU after a
@@ -74,6 +76,8 @@ class Variant:
 
 
 OFF = KernelOptions(enabled=False)
+INT8_GI = KernelOptions(grad_input_int8=True)
+INT8_GI_GW = KernelOptions(grad_input_int8=True, grad_weight_int8=True)
 VARIANTS = [  # most important first: a deadline cuts from the end
     Variant("twin-compiled", "none", True),
     Variant("fast-compiled", "ternary", True, KernelOptions()),
@@ -81,13 +85,15 @@ VARIANTS = [  # most important first: a deadline cuts from the end
     Variant("twin-eager", "none", False),
     Variant("fast-eager", "ternary", False, KernelOptions()),
     Variant("ref-eager", "ternary", False, OFF),
-    Variant("fast-compiled-int8-gi", "ternary", True, KernelOptions(grad_input_int8=True)),
-    Variant("fast-compiled-int8-gi-gw", "ternary", True, KernelOptions(True, True, True)),
+    Variant("fast-compiled-int8-gi", "ternary", True, INT8_GI),
+    Variant("fast-compiled-int8-gi-gw", "ternary", True, INT8_GI_GW),
     # the activation codes kept from forward to backward (as before kernels.recompute_codes)
     Variant("fast-compiled-saved-codes", "ternary", True, KernelOptions(recompute_codes=False)),
     # BitNet b1.58 2B's sub-layer norms (issue 15's choice): 4 fused norm + quantize passes per block
     Variant("twin-sublayer-compiled", "none", True, norm_placement="sublayer"),
     Variant("fast-sublayer-compiled", "ternary", True, KernelOptions(), norm_placement="sublayer"),
+    Variant("fast-sublayer-compiled-int8-gi", "ternary", True, INT8_GI, norm_placement="sublayer"),
+    Variant("fast-sublayer-compiled-int8-gi-gw", "ternary", True, INT8_GI_GW, norm_placement="sublayer"),
 ]
 
 

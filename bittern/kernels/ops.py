@@ -67,14 +67,17 @@ def int8_mm(
     row_scale: Tensor | None,
     col_scale: Tensor | None,
     out_dtype: torch.dtype,
-    kernel: str = "tma",
+    int8_mm_kernel: str = "tma",
 ) -> Tensor:
-    """(a @ b^T) * col_scale / row_scale for int8 a (M, K), b (N, K); int32 without scales."""
-    return _int8_mm(a, b, row_scale, col_scale, out_dtype, kernel=kernel)
+    """(a @ b^T) * col_scale / row_scale for int8 a (M, K), b (N, K); int32 without scales.
+
+    (Not `kernel`: Inductor's fallback for a custom op takes a `kernel` argument of its own.)
+    """
+    return _int8_mm(a, b, row_scale, col_scale, out_dtype, kernel=int8_mm_kernel)
 
 
 @int8_mm.register_fake
-def _(a, b, row_scale, col_scale, out_dtype, kernel="tma"):
+def _(a, b, row_scale, col_scale, out_dtype, int8_mm_kernel="tma"):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
